@@ -1,0 +1,48 @@
+"""Documented defaults of the agent, in one place (values in seconds unless named)."""
+
+from __future__ import annotations
+
+CONFIG_PATH = "/etc/aami/agent.yaml"
+ID_FILE = "/etc/aami/agent-id"
+STATE_DIR = "/var/lib/aami"
+ALLOWED_PATHS = ("/usr/lib/nagios/plugins", "/etc/aami/checks")
+
+HEARTBEAT_INTERVAL = 30.0
+HEARTBEAT_TIMEOUT = 10.0
+# The server may ask for a different heartbeat interval; never beat faster than this.
+MIN_HEARTBEAT_INTERVAL = 1.0
+
+CHECK_TIMEOUT = 30.0
+MAX_CONCURRENT = 10
+RESULT_BUFFER_SIZE = 1000
+OUTPUT_LIMIT_BYTES = 16384
+
+RESULT_BATCH_SIZE = 100
+MAX_RESULT_BATCH_SIZE = 500  # the server refuses bigger batches
+FLUSH_INTERVAL = 2.0
+
+# Long-poll for the check assignment: the server holds the request up to this long.
+LONG_POLL_WAIT = 30.0
+# After a long-poll that returned early with "not modified", pause before polling again:
+# the server wakes waiters when a command is queued, and that command is collected by the
+# heartbeat, so polling again at once would only spin until the heartbeat has run.
+LONG_POLL_EARLY_PAUSE = 2.0
+
+# Refresh the access token this long before its ``exp``.
+TOKEN_REFRESH_MARGIN = 60.0
+
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 60.0
+# Registration refused by the server needs an operator: retry, but slowly.
+REGISTRATION_BACKOFF_CAP = 300.0
+
+SHUTDOWN_GRACE = 10.0
+# On shutdown, how long to try to hand the spooled results to the server.
+SHUTDOWN_FLUSH_TIMEOUT = 5.0
+
+STATUS_INTERVAL = 5.0
+
+CREDENTIALS_FILE = "credentials.json"
+ASSIGNMENT_FILE = "assignment.json"
+SPOOL_FILE = "spool.db"
+STATUS_FILE = "status.json"

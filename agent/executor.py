@@ -1,0 +1,422 @@
+"""Run one check as a Nagios plugin and turn whatever happens into a CheckResult.
+
+The rules (see DESIGN.md, "Check semantics"):
+
+* argv, never a shell; the program must resolve, symlinks and ``..`` followed, to a file
+  inside one of the allowed directories. We exec the resolved path, so the file we vetted
+  is the file that runs.
+* The plugin gets its own session and process group, a scrubbed environment and resource
+  limits. On timeout the whole group gets SIGTERM, then SIGKILL after a short grace.
+* A check is finished when its output pipe is closed *and* the plugin exited. A plugin that
+  leaves a background process holding its stdout is therefore still running, and times out
+  like any other hung plugin; this is why output is read with a deadline (``poll`` on the
+  pipe, no thread per execution) rather than with a blocking read.
+* Every failure (refused, missing, not executable, timed out, killed, limits that cannot be
+  applied, a bug in here) comes back as a result, never as an exception.
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import logging
+import os
+import select
+import signal
+import stat
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+
+from agent import limits as rlimits
+from agent.durations import format_duration
+from agent.model import CheckResult, CheckSpec, ResourceLimits, status_for_exit_code
+from agent.perfdata import parse_plugin_output
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUTPUT_LIMIT_BYTES = 16384
+#: Environment every plugin starts from; the agent's own environment never leaks in.
+BASE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+#: Between SIGTERM and SIGKILL: long enough for a plugin to clean up a temp file, short
+#: enough that a hung check does not hold a worker much past its timeout.
+KILL_GRACE_SECONDS = 0.5
+#: How long to wait for the last output after the group was killed.
+DRAIN_SECONDS = 0.25
+
+EXIT_CRITICAL = 2
+EXIT_UNKNOWN = 3
+
+# Variables that make the dynamic loader or a script interpreter run code the server names
+# from anywhere on disk, which would make allowed_paths pointless. A check asking for one is
+# refused rather than silently run without it.
+_DENIED_ENV = frozenset(
+    {
+        "BASH_ENV",
+        "ENV",
+        "GCONV_PATH",
+        "GLIBC_TUNABLES",
+        "NODE_OPTIONS",
+        "PERL5DB",
+        "PERL5LIB",
+        "PERL5OPT",
+        "PERLLIB",
+        "PYTHONHOME",
+        "PYTHONPATH",
+        "PYTHONSTARTUP",
+        "RUBYLIB",
+        "RUBYOPT",
+        "SHELLOPTS",
+    }
+)
+_DENIED_ENV_PREFIXES = ("LD_", "DYLD_")
+_READ_CHUNK = 65536
+
+
+class _Refused(Exception):
+    """The check cannot be started; the message says why, for the result output."""
+
+
+class Executor:
+    """Runs CheckSpecs as subprocesses; safe to share between threads."""
+
+    def __init__(
+        self,
+        allowed_paths: Sequence[str],
+        default_limits: ResourceLimits,
+        output_limit_bytes: int = DEFAULT_OUTPUT_LIMIT_BYTES,
+    ) -> None:
+        if output_limit_bytes < 1:
+            raise ValueError(f"output_limit_bytes must be positive, got {output_limit_bytes}")
+        # Resolved once: the allowed directories are root-owned and do not move at runtime.
+        self._allowed_dirs = tuple(os.path.realpath(p) for p in allowed_paths)
+        self._default_limits = default_limits
+        self._output_limit = output_limit_bytes
+        self._is_root = os.geteuid() == 0
+
+    @property
+    def allowed_paths(self) -> tuple[str, ...]:
+        """The allowed directories, resolved."""
+        return self._allowed_dirs
+
+    def run(self, spec: CheckSpec) -> CheckResult:
+        """Run ``spec`` to completion or timeout; never raises."""
+        started = time.monotonic()
+        executed_at = _iso_utc(time.time())
+        try:
+            exit_code, output, perfdata = self._run(spec, started)
+        except _Refused as exc:
+            exit_code, output, perfdata = EXIT_UNKNOWN, f"UNKNOWN: {exc}", []
+        except Exception as exc:
+            log.exception("check %s: unexpected error in the executor", spec.id)
+            exit_code, output, perfdata = EXIT_UNKNOWN, f"UNKNOWN: agent error: {exc!r}", []
+        return CheckResult(
+            result_id=str(uuid.uuid4()),
+            check_id=spec.id,
+            status=status_for_exit_code(exit_code),
+            exit_code=exit_code,
+            output=output,
+            perfdata=perfdata,
+            duration_ms=round((time.monotonic() - started) * 1000),
+            executed_at=executed_at,
+        )
+
+    def _run(self, spec: CheckSpec, started: float) -> tuple[int, str, list[dict]]:
+        if not spec.command:
+            raise _Refused("empty command")
+        if not spec.timeout > 0:
+            raise _Refused(f"invalid timeout {spec.timeout!r}")
+        path = self._resolve(spec.command[0])
+        mode = _check_executable(path)
+        env = _build_env(spec.env)
+        limits = _merged_limits(spec.limits, self._default_limits)
+        try:
+            rlimits.rlimit_settings(limits)
+        except ValueError as exc:
+            raise _Refused(str(exc)) from None
+
+        # prlimit after spawn keeps subprocess on its vfork fast path (see agent/limits.py);
+        # a set-user-ID plugin cannot be changed from outside unless we are root.
+        setid = bool(mode & (stat.S_ISUID | stat.S_ISGID)) and not self._is_root
+        preexec: Callable[[], None] | None = rlimits.make_preexec(limits) if setid else None
+        argv = [spec.command[0], *spec.command[1:]]
+        try:
+            proc = subprocess.Popen(
+                argv,
+                executable=path,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd="/",
+                start_new_session=True,
+                preexec_fn=preexec,
+                bufsize=0,
+            )
+        except subprocess.SubprocessError as exc:
+            # Only a failing preexec_fn raises this: the limits could not be set in the child.
+            raise _Refused(f"could not apply resource limits: {exc}") from None
+        except OSError as exc:
+            raise _Refused(f"cannot execute {path}: {exc.strerror or exc}") from None
+        try:
+            return self._supervise(proc, spec, limits, started, applied=preexec is not None)
+        finally:
+            # Whatever went wrong above, no plugin outlives its supervision.
+            if proc.returncode is None:
+                _kill_group(proc)
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+    def _resolve(self, program: str) -> str:
+        """The real path of ``program`` if it lies inside an allowed directory.
+
+        A bare name (no "/") is looked up in the allowed directories, in order.
+        """
+        if not program or "\0" in program:
+            raise _Refused(f"invalid program name {program!r}")
+        if os.path.isabs(program):
+            candidates = [program]
+        elif "/" in program:
+            raise _Refused(f"relative program path {program!r}: use an absolute path")
+        else:
+            candidates = [os.path.join(d, program) for d in self._allowed_dirs]
+            candidates = [c for c in candidates if os.path.lexists(c)] or candidates[:1]
+            if not candidates:
+                raise _Refused(f"{program!r} not found: no allowed paths are configured")
+        real = os.path.realpath(candidates[0])
+        for allowed in self._allowed_dirs:
+            prefix = allowed if allowed.endswith(os.sep) else allowed + os.sep
+            if real.startswith(prefix):
+                return real
+        shown = f"{program} (resolves to {real})" if real != program else program
+        allowed_list = ", ".join(self._allowed_dirs) or "none configured"
+        raise _Refused(f"command {shown} is outside the allowed paths ({allowed_list})")
+
+    def _supervise(
+        self,
+        proc: subprocess.Popen[bytes],
+        spec: CheckSpec,
+        limits: ResourceLimits,
+        started: float,
+        applied: bool,
+    ) -> tuple[int, str, list[dict]]:
+        if not applied:
+            try:
+                rlimits.apply_to_process(proc.pid, limits)
+            except ProcessLookupError:
+                pass  # finished before we got to it: nothing left to limit
+            except OSError as exc:
+                _kill_group(proc)
+                raise _Refused(f"could not apply resource limits: {exc}") from None
+
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        deadline = started + spec.timeout
+        output = _CappedBuffer(self._output_limit)
+        finished = _read_until(fd, deadline, output) and _wait_exit(proc, deadline)
+
+        if not finished:
+            _kill_group(proc)
+            _read_until(fd, time.monotonic() + DRAIN_SECONDS, output)
+            text = output.text()
+            message = f"CRITICAL: check timed out after {format_duration(spec.timeout)}"
+            return EXIT_CRITICAL, f"{message}\n{text}" if text else message, []
+
+        if proc.returncode < 0:
+            name = _signal_name(-proc.returncode)
+            text = output.text()
+            message = f"UNKNOWN: check was killed by signal {name}"
+            return EXIT_UNKNOWN, f"{message}\n{text}" if text else message, []
+
+        human, perfdata = parse_plugin_output(output.text(with_marker=False))
+        marker = output.marker()
+        if marker:
+            human = f"{human}\n{marker}" if human else marker
+        return proc.returncode, human, perfdata
+
+
+class _CappedBuffer:
+    """Keeps the first ``limit`` bytes of the output and counts the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.kept = bytearray()
+        self.total = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.limit - len(self.kept)
+        if room > 0:
+            self.kept += chunk[:room]
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > len(self.kept)
+
+    def marker(self) -> str:
+        if not self.truncated:
+            return ""
+        return f"[output truncated: kept {len(self.kept)} of {self.total} bytes]"
+
+    def text(self, with_marker: bool = True) -> str:
+        data = bytes(self.kept)
+        if self.truncated:
+            # Cut back to the last separator so a half-written perfdata item is dropped
+            # rather than parsed into a wrong value; not if that would lose most of it.
+            cut = max(data.rfind(b"\n"), data.rfind(b" "))
+            if cut >= len(data) * 3 // 4:
+                data = data[:cut]
+        # final=False: a multi-byte character cut in half is dropped, not turned into U+FFFD.
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text = decoder.decode(data, final=not self.truncated).rstrip()
+        # NUL is legal in plugin output but not in PostgreSQL text columns.
+        text = text.replace("\x00", "\ufffd")
+        if with_marker and self.truncated:
+            text = f"{text}\n{self.marker()}" if text else self.marker()
+        return text
+
+
+def _read_until(fd: int, deadline: float, output: _CappedBuffer) -> bool:
+    """Read ``fd`` into ``output`` until EOF (True) or ``deadline`` (False).
+
+    Reading continues past the cap, discarding, so a chatty plugin never blocks on a full
+    pipe and then times out for it.
+    """
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        # poll() takes milliseconds; round up so we never spin on a sub-millisecond rest.
+        if not poller.poll(int(remaining * 1000) + 1):
+            continue
+        chunk = os.read(fd, _READ_CHUNK)
+        if not chunk:
+            return True
+        output.add(chunk)
+
+
+def _wait_exit(proc: subprocess.Popen[bytes], deadline: float) -> bool:
+    """Reap the plugin if it exits before ``deadline``; False if it is still running then."""
+    if proc.poll() is not None:
+        return True
+    # Popen.wait(timeout) polls with sleeps starting at 0.5 ms, which alone cost a third of
+    # a typical plugin run; a pidfd wakes us the moment the plugin exits.
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            poller.poll(int(remaining * 1000) + 1)
+    finally:
+        os.close(pidfd)
+    return proc.poll() is not None
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the plugin's process group, SIGKILL it after a grace period, reap the plugin."""
+    pgid = proc.pid  # start_new_session: the plugin leads its own group
+    _signal_group(pgid, signal.SIGTERM)
+    grace_end = time.monotonic() + KILL_GRACE_SECONDS
+    while time.monotonic() < grace_end:
+        proc.poll()  # reap the leader, or its zombie keeps the group "alive"
+        if not _group_exists(pgid):
+            return
+        time.sleep(0.01)
+    _signal_group(pgid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        # Only a process stuck in uninterruptible sleep (a dead NFS mount) survives SIGKILL.
+        log.error("plugin pid %d did not exit after SIGKILL; leaving it", proc.pid)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        # A set-user-ID member we may not signal; the rest of the group still got it.
+        log.warning("not permitted to send %s to every process of group %d", sig.name, pgid)
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@functools.lru_cache(maxsize=256)
+def _merged_limits(own: ResourceLimits, defaults: ResourceLimits) -> ResourceLimits:
+    return own.merged_over(defaults)
+
+
+def _check_executable(path: str) -> int:
+    """The file mode of ``path`` if it is an executable regular file; else _Refused."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise _Refused(f"command not found: {path}") from None
+    except OSError as exc:
+        raise _Refused(f"cannot access {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _Refused(f"command is not a regular file: {path}")
+    if not os.access(path, os.X_OK):
+        raise _Refused(f"command is not executable: {path}")
+    return st.st_mode
+
+
+def _build_env(extra: Mapping[str, str]) -> dict[str, str]:
+    env = dict(BASE_ENV)
+    for name, value in extra.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise _Refused(f"environment variable {name!r}: names and values must be strings")
+        if not name or "=" in name or "\0" in name or "\0" in value:
+            raise _Refused(f"invalid environment variable name or value: {name!r}")
+        if name in _DENIED_ENV or name.startswith(_DENIED_ENV_PREFIXES):
+            raise _Refused(f"environment variable {name} is not allowed for checks")
+        env[name] = value
+    return env
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _iso_utc(timestamp: float) -> str:
+    moment = datetime.fromtimestamp(timestamp, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def error_result(check_id: str, output: str, exit_code: int = EXIT_UNKNOWN) -> CheckResult:
+    """A result for a check that could not run at all, stamped now (for callers like the
+    scheduler that must report a failure without an execution)."""
+    return CheckResult(
+        result_id=str(uuid.uuid4()),
+        check_id=check_id,
+        status=status_for_exit_code(exit_code),
+        exit_code=exit_code,
+        output=output,
+        perfdata=[],
+        duration_ms=0,
+        executed_at=_iso_utc(time.time()),
+    )

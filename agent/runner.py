@@ -1,0 +1,622 @@
+"""The running agent: its parts wired together in one constructor, and the loops that
+move work between them.
+
+::
+
+    server --(long-poll)--> sync loop --update--> Scheduler --run--> Executor
+       ^                                              | on_result
+       |                                              v
+       +---- sender loop <--peek/ack-- Spool <--append-+
+       +---- heartbeat loop (liveness; delivers commands -> Scheduler.run_now)
+
+Each loop is a thread that runs one step, then sleeps for as long as the step asked (or
+its backoff says, after a failure) unless it is woken. A failed step never ends a loop:
+the agent keeps running its checks and spooling results while the server is away.
+Signal handlers only call :meth:`Agent.request_stop` / :meth:`Agent.request_reload`; the
+main thread does the actual work in :meth:`Agent.run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from agent import defaults
+from agent.assignment import AssignmentCache, parse_checks
+from agent.auth import Authenticator
+from agent.backoff import Backoff
+from agent.config import Config, load_config
+from agent.credentials import CredentialStore
+from agent.errors import AgentError, ConfigError, RequestRejected, RetryLater, TransportError
+from agent.identity import load_or_create_agent_id
+from agent.logs import setup_logging
+from agent.model import CheckResult, CheckSpec
+from agent.status import StatusBoard, iso_utc, pid_running, read_status
+from agent.transport.base import NOT_MODIFIED, Assignment, Command, Registration, Transport
+from agent.version import agent_version
+
+log = logging.getLogger(__name__)
+
+# Heartbeat commands are remembered by id so one delivered twice runs once.
+_SEEN_COMMANDS = 256
+
+
+class CheckRunner(Protocol):
+    """What the scheduler needs from an executor."""
+
+    def run(self, spec: CheckSpec) -> CheckResult: ...
+
+
+class _SwappableExecutor:
+    """Forwards to the current executor, so SIGHUP can replace it under the scheduler."""
+
+    def __init__(self, executor: CheckRunner) -> None:
+        self.current = executor
+
+    def run(self, spec: CheckSpec) -> CheckResult:
+        return self.current.run(spec)
+
+
+def build_executor(config: Config) -> CheckRunner:
+    from agent.executor import Executor
+
+    checks = config.checks
+    return Executor(checks.allowed_paths, checks.default_limits, checks.output_limit)
+
+
+def build_transport(config: Config) -> Transport:
+    # Imported here: requests is the biggest import of the agent; `id` and `status` skip it.
+    from agent.transport.rest import RestTransport
+
+    return RestTransport.from_config(config, agent_version())
+
+
+def registration_for(config: Config, agent_id: str) -> Callable[[], Registration]:
+    """A factory of registration requests that reads the bootstrap token when called."""
+
+    def build() -> Registration:
+        return Registration(
+            token=config.read_bootstrap_token(),
+            agent_id=agent_id,
+            hostname=config.agent.hostname,
+            ip_address=_local_ip(config.server.address),
+            group_id=config.agent.group,
+            labels=dict(config.agent.labels),
+            metadata=_host_metadata(),
+            agent_version=agent_version(),
+        )
+
+    return build
+
+
+class Agent:
+    """One agent process's worth of state and threads."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        transport: Transport | None = None,
+        executor: CheckRunner | None = None,
+    ) -> None:
+        from agent.scheduler import Scheduler
+        from agent.spool import Spool
+
+        self.config = config
+        state_dir = config.agent.state_dir
+        try:
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"{config.path}: agent.state_dir: cannot create {state_dir} ({exc.strerror})"
+            ) from exc
+        self.agent_id = load_or_create_agent_id(config.agent.id_file)
+        self.version = agent_version()
+        self.transport = transport or build_transport(config)
+        self.auth = Authenticator(
+            self.transport,
+            CredentialStore(state_dir / defaults.CREDENTIALS_FILE),
+            registration_for(config, self.agent_id),
+        )
+        self._executor = _SwappableExecutor(executor or build_executor(config))
+        self.spool = Spool(state_dir / defaults.SPOOL_FILE, config.spool.max_bytes)
+        self.scheduler = Scheduler(self._executor, self._on_result,
+                                   config.checks.max_concurrent, splay_seed=self.agent_id)
+        self.cache = AssignmentCache(state_dir / defaults.ASSIGNMENT_FILE)
+        self.status = StatusBoard(agent_id=self.agent_id, server=config.server.address,
+                                  version=self.version)
+        self._status_path = state_dir / defaults.STATUS_FILE
+
+        self._started = time.monotonic()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._wake_sender = threading.Event()
+        self._wake_heartbeat = threading.Event()
+        self._wake_sync = threading.Event()
+        self._lock = threading.Lock()
+        self._unsent = 0  # results spooled since the sender last emptied the spool
+        self._dropped_final = 0  # results the server refused for good
+        self._lost = 0  # results that could not even be spooled
+        self._assignment: Assignment | None = None
+        self._policy_error: str | None = None
+        self._seen_commands: OrderedDict[str, None] = OrderedDict()
+        self._threads: list[threading.Thread] = []
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start checks (from the cached assignment) and the loops; returns at once.
+
+        Raises ConfigError when the agent is not registered and has no bootstrap token:
+        it could never reach the server, which deserves a stop at start-up.
+        """
+        if self.auth.credentials is None:
+            self.config.read_bootstrap_token()
+        cached = self.cache.load()
+        if cached is not None:
+            log.info("running %d cached check(s) until the server answers", len(cached.checks))
+            self._apply(cached)
+        self.scheduler.start()
+        self.status.update(state="running")
+        for name, target in (
+            ("heartbeat", self._heartbeat_loop),
+            ("assignment", self._sync_loop),
+            ("sender", self._sender_loop),
+            ("status", self._status_loop),
+        ):
+            thread = threading.Thread(target=target, name=f"aami-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def run(self) -> int:
+        """Start, then serve reload and stop requests until stopped; returns the exit code."""
+        self.start()
+        log.info("agent started", extra={"agent_id": self.agent_id, "version": self.version,
+                                         "server": self.config.server.address})
+        while not self._stop.is_set():
+            # A timeout keeps the main thread responsive to signals on every platform.
+            self._stop.wait(1.0)
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+        self.shutdown()
+        return 0
+
+    def request_stop(self) -> None:
+        """Ask the agent to stop (safe from a signal handler: it only sets events)."""
+        self._stop.set()
+        for event in (self._wake_sender, self._wake_heartbeat, self._wake_sync,
+                      self.status.changed):
+            event.set()
+
+    def request_reload(self) -> None:
+        """Ask the agent to re-read its configuration file (safe from a signal handler)."""
+        self._reload.set()
+
+    def shutdown(self, grace: float | None = None) -> None:
+        """Stop scheduling, let running checks finish, hand results over or keep them."""
+        self.request_stop()
+        grace = self.config.agent.shutdown_grace if grace is None else grace
+        log.info("stopping: waiting up to %gs for running checks", grace)
+        self.status.update(state="stopping")
+        self.scheduler.stop(grace)
+        # The heartbeat and sender may be inside a request; the assignment loop is likely
+        # inside a long-poll and is left behind (daemon thread) rather than waited for.
+        for thread in self._threads:
+            if thread.name != "aami-assignment":
+                thread.join(timeout=self.config.heartbeat.timeout + 1.0)
+        self._final_flush()
+        self.status.update(state="stopped", connected=False)
+        self._write_status()
+        self.spool.close()
+        self.transport.close()
+        log.info("agent stopped")
+
+    def _final_flush(self) -> None:
+        if any(t.is_alive() for t in self._threads if t.name == "aami-sender"):
+            return  # still stuck in a send; whatever it did not ack stays spooled
+        deadline = time.monotonic() + defaults.SHUTDOWN_FLUSH_TIMEOUT
+        try:
+            self._send_pending(deadline=deadline)
+        except AgentError as exc:
+            log.warning("could not hand the remaining results over before stopping: %s", exc)
+        except Exception:
+            log.exception("could not hand the remaining results over before stopping")
+        depth = self.spool.depth()
+        if depth:
+            log.info("%d result(s) stay in the spool for the next start", depth)
+
+    # -- configuration reload -----------------------------------------------------------
+
+    def reload(self) -> None:
+        """Re-read the configuration file and apply what can change without a restart."""
+        old = self.config
+        try:
+            new = load_config(old.path)
+        except ConfigError as exc:
+            log.error("configuration not reloaded, keeping the running one: %s", exc)
+            return
+        fixed = {
+            "server": (old.server, new.server),
+            "agent.id_file": (old.agent.id_file, new.agent.id_file),
+            "agent.state_dir": (old.agent.state_dir, new.agent.state_dir),
+            "heartbeat.timeout": (old.heartbeat.timeout, new.heartbeat.timeout),
+            "spool": (old.spool, new.spool),
+        }
+        for key, (before, after) in fixed.items():
+            if before != after:
+                log.warning("%s changed: the change takes effect after a restart", key)
+        if new.logging != old.logging:
+            setup_logging(new.logging.level, new.logging.format)
+        if new.checks != old.checks:
+            self._executor.current = build_executor(new)
+            if new.checks.max_concurrent != old.checks.max_concurrent:
+                self._set_max_concurrent(new.checks.max_concurrent)
+        self.config = new
+        # Labels, hostname and group are sent at registration: they apply from the next
+        # one (the wire contract has no call to change them in between).
+        self.auth.set_registration(registration_for(new, self.agent_id))
+        if self._assignment is not None and (
+            new.checks.default_timeout != old.checks.default_timeout
+        ):
+            self._apply(self._assignment)
+        self._wake_heartbeat.set()
+        log.info("configuration reloaded from %s", new.path)
+
+    def _set_max_concurrent(self, value: int) -> None:
+        setter = getattr(self.scheduler, "set_max_concurrent", None)
+        if callable(setter):
+            setter(value)
+        else:
+            log.warning("checks.max_concurrent changed: the change takes effect after a restart")
+
+    # -- loops --------------------------------------------------------------------------
+
+    def _loop(self, name: str, step: Callable[[], float], wake: threading.Event) -> None:
+        """Run ``step`` until stopped; sleep what it returns, or back off when it fails."""
+        backoff = Backoff()
+        while not self._stop.is_set():
+            try:
+                delay = step()
+                backoff.reset()
+            except RetryLater as exc:
+                delay = backoff.next_delay(exc.retry_after)
+                self._failed(name, exc, delay)
+            except AgentError as exc:
+                delay = backoff.next_delay()
+                self._failed(name, exc, delay)
+            except Exception as exc:  # a bug must not stop the loop, only be reported
+                delay = backoff.next_delay()
+                log.exception("%s loop: unexpected error; retrying in %.1fs", name, delay)
+                self.status.failed(f"{name}: {exc!r}")
+            if delay > 0:
+                wake.wait(delay)
+            wake.clear()
+
+    def _failed(self, name: str, exc: AgentError, delay: float) -> None:
+        level = logging.ERROR if isinstance(exc, ConfigError) else logging.WARNING
+        log.log(level, "%s: %s; retrying in %.1fs", name, exc, delay)
+        if isinstance(exc, TransportError | ConfigError):
+            self.status.failed(exc)
+
+    def _heartbeat_loop(self) -> None:
+        self._loop("heartbeat", self._heartbeat_once, self._wake_heartbeat)
+
+    def _sync_loop(self) -> None:
+        self._loop("assignment", self._sync_once, self._wake_sync)
+
+    def _sender_loop(self) -> None:
+        def step() -> float:
+            self._send_pending()
+            return self.config.results.flush_interval
+
+        self._loop("sender", step, self._wake_sender)
+
+    def _status_loop(self) -> None:
+        changed = self.status.changed
+        while not self._stop.is_set():
+            changed.wait(defaults.STATUS_INTERVAL)
+            changed.clear()
+            if self._stop.is_set():
+                return  # shutdown() writes the final status itself
+            self._write_status()
+            # Coalesce bursts of changes (many results at once) into one write.
+            self._stop.wait(0.5)
+
+    # -- steps --------------------------------------------------------------------------
+
+    def _heartbeat_once(self) -> float:
+        beat = {
+            "version": self.version,
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "spool_depth": self.spool.depth(),
+            "dropped_results": self.dropped_results(),
+            "running_checks": self._running_checks(),
+            "hostname": self.config.agent.hostname,
+            "policy_error": self._policy_error,
+        }
+        reply = self.auth.call(
+            lambda c: self.transport.heartbeat(c.agent_id, c.access_token, beat))
+        self.status.connected(last_heartbeat_at=iso_utc(time.time()))
+        applied = self._assignment.config_version if self._assignment else None
+        if reply.config_version and reply.config_version != applied:
+            self._wake_sync.set()  # in case the long-poll is backing off
+        for command in reply.commands:
+            self._execute(command)
+        interval = (reply.heartbeat_interval or self.auth.heartbeat_interval
+                    or self.config.heartbeat.interval)
+        return max(interval, defaults.MIN_HEARTBEAT_INTERVAL)
+
+    def _execute(self, command: Command) -> None:
+        if command.id:
+            if command.id in self._seen_commands:
+                return
+            self._seen_commands[command.id] = None
+            if len(self._seen_commands) > _SEEN_COMMANDS:
+                self._seen_commands.popitem(last=False)
+        if command.type == "run_check" and command.check_id:
+            if self.scheduler.run_now(command.check_id):
+                log.info("running check %s now, as the server asked", command.check_id,
+                         extra={"command_id": command.id})
+            else:
+                log.warning("the server asked to run check %s, which is not assigned here",
+                            command.check_id, extra={"command_id": command.id})
+        else:
+            log.warning("ignoring unknown command %r from the server", command.type,
+                        extra={"command_id": command.id})
+
+    def _sync_once(self) -> float:
+        wait = defaults.LONG_POLL_WAIT
+        etag = self._assignment.etag if self._assignment else None
+        started = time.monotonic()
+        result = self.auth.call(
+            lambda c: self.transport.fetch_checks(c.agent_id, c.access_token, etag, wait))
+        self.status.connected()
+        if self._stop.is_set():
+            return 0
+        if result is NOT_MODIFIED:
+            if time.monotonic() - started < wait - 1:
+                # The server ended the wait early: a command is queued for us, and it
+                # travels with the heartbeat reply.
+                self._wake_heartbeat.set()
+                return defaults.LONG_POLL_EARLY_PAUSE
+            return 0
+        assert isinstance(result, Assignment)
+        self._apply(result)
+        try:
+            self.cache.save(result)
+        except OSError as exc:
+            log.warning("cannot cache the assignment in %s: %s", self.cache.path, exc)
+        return 0
+
+    def _apply(self, assignment: Assignment) -> None:
+        specs, problems = parse_checks(assignment.checks, self.config.checks.default_timeout)
+        for problem in problems:
+            log.error("skipping an invalid check from the server: %s", problem)
+        self._policy_error = "; ".join(problems)[:1000] or None
+        self.scheduler.update(specs)
+        self._assignment = assignment
+        self.status.update(config_version=assignment.config_version)
+        self.status.forget_checks_except({spec.id for spec in specs})
+        log.info("applied assignment %s: %d check(s)", assignment.config_version, len(specs))
+
+    def _on_result(self, result: CheckResult) -> None:
+        """Called by the scheduler's workers: into the spool at once, durably."""
+        self.status.record_result(result)
+        try:
+            self.spool.append([result.to_dict()])
+        except Exception:
+            with self._lock:
+                self._lost += 1
+            log.exception("cannot spool the result of check %s; it is lost", result.check_id)
+            return
+        with self._lock:
+            self._unsent += 1
+            full = self._unsent >= self.config.results.batch_size
+        if full:
+            self._wake_sender.set()
+
+    def _send_pending(self, deadline: float | None = None) -> None:
+        """Send spooled results, oldest first, in batches, until the spool is empty.
+
+        A batch is acked only once the server took it (rejected entries included: the
+        server's refusal of an entry is final); any other failure leaves it spooled.
+        """
+        batch_size = self.config.results.batch_size
+        while True:
+            timeout = None
+            if deadline is not None:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    return
+            entries = self.spool.peek(batch_size)
+            if entries:
+                self._send_batch(entries, timeout)
+            if len(entries) < batch_size:
+                with self._lock:
+                    self._unsent = 0
+                return
+
+    def _send_batch(self, entries: list[tuple[int, dict[str, Any]]],
+                    timeout: float | None) -> None:
+        seqs = [seq for seq, _ in entries]
+        results = [result for _, result in entries]
+        try:
+            reply = self.auth.call(lambda c: self.transport.push_results(
+                c.agent_id, c.access_token, results, timeout))
+        except RequestRejected as exc:
+            log.error("the server refused a batch of %d result(s) for good; dropping it: %s",
+                      len(seqs), exc)
+            with self._lock:
+                self._dropped_final += len(seqs)
+        else:
+            for rejection in reply.rejected:
+                log.warning("the server rejected result %s: %s", rejection.result_id,
+                            rejection.reason)
+            self.status.connected()
+        self.spool.ack(seqs)
+
+    # -- status -------------------------------------------------------------------------
+
+    def dropped_results(self) -> int:
+        """Results lost for good: spool overflow, refused batches, spool write errors."""
+        with self._lock:
+            own = self._dropped_final + self._lost
+        return self.spool.dropped() + own
+
+    def _running_checks(self) -> int | None:
+        snapshot = self.scheduler.snapshot()
+        return sum(1 for info in _snapshot_items(snapshot) if info.get("running")) \
+            if snapshot is not None else None
+
+    def _write_status(self) -> None:
+        try:
+            next_due = {check_id: info.get("next_due")
+                        for check_id, info in _snapshot_pairs(self.scheduler.snapshot())}
+            data = self.status.snapshot(
+                next_due=next_due,
+                spool_depth=self.spool.depth(),
+                dropped_results=self.dropped_results(),
+            )
+            from agent.fileio import write_json
+
+            write_json(self._status_path, data, durable=False)
+        except Exception:
+            log.exception("cannot write %s", self._status_path)
+
+
+def _snapshot_pairs(snapshot: Any) -> list[tuple[str, Mapping[str, Any]]]:
+    """(check id, info) pairs from the scheduler's snapshot, whatever its container."""
+    if isinstance(snapshot, Mapping):
+        return [(str(k), _as_mapping(v)) for k, v in snapshot.items()]
+    pairs = []
+    for item in snapshot or ():
+        info = _as_mapping(item)
+        pairs.append((str(info.get("check_id") or info.get("id")), info))
+    return pairs
+
+
+def _snapshot_items(snapshot: Any) -> list[Mapping[str, Any]]:
+    return [info for _, info in _snapshot_pairs(snapshot)]
+
+
+def _as_mapping(value: Any) -> Mapping[str, Any]:
+    if isinstance(value, Mapping):
+        return value
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return {}
+
+
+# -- check --once --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckOnceReport:
+    """What ``aami-agent check --once`` ran, and where the assignment came from."""
+
+    source: str
+    results: list[CheckResult]
+    problems: list[str]
+
+
+def check_once(
+    config: Config,
+    *,
+    transport: Transport | None = None,
+    executor: CheckRunner | None = None,
+) -> CheckOnceReport:
+    """Run every assigned check once, in parallel, and return the results.
+
+    The assignment comes from the server when it answers, else from the cached copy.
+    While an agent daemon is running this never refreshes or registers: refresh tokens
+    rotate, and spending the daemon's token would force it to re-register.
+    Raises AgentError when there is no assignment to be had at all.
+    """
+    state_dir = config.agent.state_dir
+    agent_id = load_or_create_agent_id(config.agent.id_file)
+    store = CredentialStore(state_dir / defaults.CREDENTIALS_FILE)
+    cache = AssignmentCache(state_dir / defaults.ASSIGNMENT_FILE)
+    transport = transport or build_transport(config)
+    try:
+        assignment, source = _fetch_for_once(config, transport, store, agent_id)
+    finally:
+        transport.close()
+    if assignment is None:
+        assignment = cache.load()
+        if assignment is None:
+            raise AgentError(f"no assignment: {source}, and there is no cached assignment "
+                             f"in {cache.path}")
+        source = f"cached assignment {cache.path} ({source})"
+    specs, problems = parse_checks(assignment.checks, config.checks.default_timeout)
+    runner = executor or build_executor(config)
+    with ThreadPoolExecutor(max_workers=config.checks.max_concurrent) as pool:
+        results = list(pool.map(runner.run, specs))
+    return CheckOnceReport(source=source, results=results, problems=problems)
+
+
+def _fetch_for_once(
+    config: Config, transport: Transport, store: CredentialStore, agent_id: str
+) -> tuple[Assignment | None, str]:
+    status = _daemon_status(config)
+    daemon_running = status is not None and pid_running(status.get("pid"))
+    try:
+        if daemon_running:
+            creds = store.load()
+            if creds is None or creds.needs_refresh():
+                return None, "the running agent holds no current access token to borrow"
+            result = transport.fetch_checks(creds.agent_id, creds.access_token, None, 0)
+        else:
+            auth = Authenticator(transport, store, registration_for(config, agent_id))
+            result = auth.call(
+                lambda c: transport.fetch_checks(c.agent_id, c.access_token, None, 0))
+    except AgentError as exc:
+        return None, f"server not reachable: {exc}"
+    if not isinstance(result, Assignment):
+        return None, "the server sent no assignment"
+    return result, f"server {config.server.address} (config version {result.config_version})"
+
+
+def _daemon_status(config: Config) -> dict[str, Any] | None:
+    try:
+        return read_status(config.agent.state_dir / defaults.STATUS_FILE)
+    except (OSError, ValueError):
+        return None
+
+
+# -- host facts ----------------------------------------------------------------------------
+
+
+def _local_ip(server_address: str) -> str | None:
+    """The address this host uses to reach the server (no packet is sent: UDP connect)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(server_address)
+    if not parts.hostname:
+        return None
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect((parts.hostname, parts.port or 80))
+            return str(sock.getsockname()[0])
+    except OSError:
+        return None
+
+
+def _host_metadata() -> dict[str, str]:
+    import platform
+
+    return {
+        "os": platform.system().lower(),
+        "kernel": platform.release(),
+        "arch": platform.machine(),
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,155 @@
+"""The narrow interface between the agent and the server, free of any wire protocol.
+
+A transport turns these calls into requests (REST today, gRPC tomorrow) and every
+failure into one of the exceptions in :mod:`agent.errors`:
+
+============================  =================================================
+exception                     what the caller does
+============================  =================================================
+TransportError                network trouble or a server fault: back off, retry
+RetryLater(retry_after)       wait at least ``retry_after`` seconds, retry
+AuthError                     refresh the access token, retry
+InvalidRefreshToken           re-register with the bootstrap token
+Forbidden / NotRegistered     re-register, retry
+RegistrationRejected          log the server's message, retry slowly
+RequestRejected               final: for results, drop the batch and count it
+============================  =================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+
+class NotModified:
+    """Returned by :meth:`Transport.fetch_checks` when the assignment did not change."""
+
+    _instance: NotModified | None = None
+
+    def __new__(cls) -> NotModified:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "NOT_MODIFIED"
+
+
+NOT_MODIFIED: Final = NotModified()
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What the agent tells the server when it registers."""
+
+    token: str
+    agent_id: str | None
+    hostname: str
+    ip_address: str | None = None
+    group_id: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    agent_version: str | None = None
+    refresh_token: str | None = None
+    """Proof of ownership when re-registering an id that already holds credentials."""
+
+
+@dataclass(frozen=True)
+class TokenGrant:
+    """Tokens from a registration or a refresh."""
+
+    access_token: str
+    refresh_token: str
+    expires_in: float | None = None
+    agent_id: str | None = None
+    """Set by registration (the id the server filed us under); None from a refresh."""
+    heartbeat_interval: float | None = None
+
+
+@dataclass(frozen=True)
+class Command:
+    """Something the server asks the agent to do, delivered with a heartbeat reply."""
+
+    id: str
+    type: str
+    check_id: str | None = None
+
+
+@dataclass(frozen=True)
+class HeartbeatReply:
+    config_version: str | None = None
+    heartbeat_interval: float | None = None
+    server_time: str | None = None
+    commands: tuple[Command, ...] = ()
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """The checks assigned to the agent, as the server sent them (validated later).
+
+    ``etag`` is opaque: hand it back to :meth:`Transport.fetch_checks` unchanged.
+    """
+
+    etag: str | None
+    config_version: str | None
+    checks: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    result_id: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class PushReply:
+    accepted: int
+    rejected: tuple[Rejection, ...] = ()
+    job_id: str | None = None
+
+
+class Transport(Protocol):
+    """Calls from the agent to the server. Implementations must be thread-safe: the
+    heartbeat, assignment and result loops call them concurrently."""
+
+    def register(self, registration: Registration) -> TokenGrant:
+        """Register (or re-register) the agent with a bootstrap token."""
+        ...
+
+    def refresh(self, agent_id: str, refresh_token: str) -> TokenGrant:
+        """Exchange the refresh token (which is spent by this) for new tokens."""
+        ...
+
+    def heartbeat(
+        self, agent_id: str, access_token: str, beat: Mapping[str, Any]
+    ) -> HeartbeatReply:
+        """Report liveness and agent facts; the reply may carry commands."""
+        ...
+
+    def fetch_checks(
+        self, agent_id: str, access_token: str, etag: str | None, wait: float
+    ) -> Assignment | NotModified:
+        """The current assignment, or NOT_MODIFIED if it still matches ``etag``.
+
+        With ``wait`` > 0 the server may hold the call that long for a change.
+        """
+        ...
+
+    def push_results(
+        self,
+        agent_id: str,
+        access_token: str,
+        results: Sequence[Mapping[str, Any]],
+        timeout: float | None = None,
+    ) -> PushReply:
+        """Hand a batch of results over; returns once the server has queued them.
+
+        ``timeout`` caps the connect and read timeouts (for the last flush at shutdown).
+        """
+        ...
+
+    def close(self) -> None:
+        """Release connections; the transport is not used afterwards."""
+        ...

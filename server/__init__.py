@@ -1,0 +1,69 @@
+"""AAMI config-server: a Flask app serving agents and operators (``create_app``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from server import db, extensions
+from server.settings import Settings, load_settings
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Defaults, then ``AAMI_*`` environment, then ``config`` (tests pass overrides here)."""
+    settings = load_settings(config)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.MAX_CONTENT_LENGTH
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    init_extensions(app, settings)
+    register_blueprints(app)
+    return app
+
+
+def init_extensions(app: Flask, settings: Settings) -> None:
+    from server.jobs import context
+    from server.jobs.queues import JobQueues
+    from server.redis_conn import connect
+    from server.services.notify import ChangeNotifier
+
+    database = db.Database(settings.database_url())
+    db.init_app(app, database)
+    client = connect(settings.REDIS_URL, settings.DATA_DIR)
+    app.extensions[extensions.SETTINGS] = settings
+    app.extensions[extensions.REDIS] = client
+    app.extensions[extensions.NOTIFIER] = ChangeNotifier(client)
+    app.extensions[extensions.QUEUES] = JobQueues(client, inline=settings.embedded)
+    if settings.embedded:
+        # Jobs run inline in this process: give them this app's database and Redis.
+        context.configure(settings, database, client)
+
+
+def register_blueprints(app: Flask) -> None:
+    from server.api import (
+        agents,
+        bootstrap_tokens,
+        checks,
+        groups,
+        health,
+        openapi,
+        registration,
+        results,
+        targets,
+    )
+    from server.api.error_handlers import register_error_handlers
+
+    for module in (
+        health,
+        registration,
+        agents,
+        results,
+        checks,
+        targets,
+        groups,
+        bootstrap_tokens,
+        openapi,
+    ):
+        app.register_blueprint(module.bp)
+    register_error_handlers(app)

@@ -1,0 +1,90 @@
+"""Who is calling: admin tokens (opaque, hashed) and agent access JWTs.
+
+An agent's token is good for its own paths only: the ``agent_id`` in the URL must be the
+token's subject.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flask import g, request
+from sqlalchemy import select
+
+from server.db import db_session
+from server.errors import Forbidden, Unauthorized
+from server.extensions import settings
+from server.models import AdminToken
+from server.security.jwt_tokens import JwtConfig, verify_access_token
+from server.security.secrets import ADMIN_PREFIX, hash_secret
+
+READ_ONLY = "read-only"
+ADMIN = "admin"
+ROLES = (ADMIN, READ_ONLY)
+
+
+@dataclass(frozen=True)
+class Caller:
+    kind: str  # admin | agent
+    name: str
+    role: str = ""
+    agent_id: str = ""
+
+    @property
+    def can_write(self) -> bool:
+        return self.kind == "admin" and self.role == ADMIN
+
+
+def jwt_config() -> JwtConfig:
+    s = settings()
+    return JwtConfig(s.SECRET_KEY, s.JWT_ISSUER, s.JWT_AUDIENCE, s.ACCESS_TOKEN_TTL)
+
+
+def _bearer() -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized(
+            "missing credentials: send 'Authorization: Bearer <token>'", code="missing_token"
+        )
+    return token.strip()
+
+
+def _admin_caller(token: str) -> Caller:
+    row = db_session().scalar(select(AdminToken).where(AdminToken.token_hash == hash_secret(token)))
+    if row is None or row.revoked_at is not None:
+        raise Unauthorized("unknown or revoked admin token", code="invalid_token")
+    return Caller(kind="admin", name=row.name, role=row.role)
+
+
+def _agent_caller(token: str) -> Caller:
+    agent_id = verify_access_token(jwt_config(), token)
+    return Caller(kind="agent", name=f"agent:{agent_id}", agent_id=agent_id)
+
+
+def authenticate(mode: str, path_args: dict[str, Any]) -> Caller | None:
+    """Enforce a route's ``auth`` mode; returns the caller (also kept in ``g.caller``)."""
+    if mode in ("none", "bootstrap"):
+        return None
+    token = _bearer()
+    caller = _admin_caller(token) if token.startswith(ADMIN_PREFIX) else _agent_caller(token)
+    if caller.kind == "agent":
+        if mode not in ("agent", "agent-or-admin"):
+            raise Forbidden("this call needs an admin token, not an agent token")
+        if path_args.get("agent_id") != caller.agent_id:
+            raise Forbidden("an agent's token is good for its own paths only")
+    else:
+        if mode == "agent":
+            raise Forbidden("this call is made by agents with their access token")
+        if mode == "admin-write" and not caller.can_write:
+            raise Forbidden(
+                f"admin token {caller.name!r} is read-only: this call changes data",
+                code="read_only_token",
+            )
+    g.caller = caller
+    return caller
+
+
+def current_caller() -> Caller:
+    return g.caller

@@ -1,0 +1,119 @@
+"""Checks: admin CRUD, and the agent's assignment with ETag and long-poll."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from server.api import schemas
+from server.api.routing import route
+from server.db import db_session
+from server.extensions import notifier, redis_client, settings
+from server.services import checks as check_service
+from server.services import commands
+from server.services.targets import get_target
+
+bp = Blueprint("checks", __name__, url_prefix="/api/v1")
+
+
+def _changed() -> None:
+    db_session().commit()
+    notifier().publish()
+
+
+@route(bp, "/checks", "GET", summary="List checks", reply=schemas.CheckReply, reply_many=True)
+def list_checks() -> list[dict[str, Any]]:
+    return [check_service.check_to_dict(c) for c in check_service.list_checks(db_session())]
+
+
+@route(
+    bp,
+    "/checks",
+    "POST",
+    summary="Create a check and its assignment",
+    body=schemas.CheckCreate,
+    reply=schemas.CheckReply,
+    status=201,
+    auth="admin-write",
+)
+def create_check(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    check = check_service.create_check(db_session(), body)
+    _changed()
+    return check_service.check_to_dict(check), 201
+
+
+@route(bp, "/checks/<check_id>", "GET", summary="One check", reply=schemas.CheckReply)
+def get_check(check_id: str) -> dict[str, Any]:
+    return check_service.check_to_dict(check_service.get_check(db_session(), check_id))
+
+
+@route(
+    bp,
+    "/checks/<check_id>",
+    "PATCH",
+    summary="Change a check (only the fields sent); agents pick it up at once",
+    body=schemas.CheckUpdate,
+    reply=schemas.CheckReply,
+    auth="admin-write",
+)
+def update_check(check_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    sent = request.get_json() or {}
+    changes = {k: v for k, v in body.items() if k in sent}
+    check = check_service.update_check(db_session(), check_id, changes)
+    _changed()
+    return check_service.check_to_dict(check)
+
+
+@route(bp, "/checks/<check_id>", "DELETE", summary="Delete a check", status=204, auth="admin-write")
+def delete_check(check_id: str) -> Response:
+    check_service.delete_check(db_session(), check_id)
+    _changed()
+    return Response(status=204)
+
+
+def _etag_matches(version: str) -> bool:
+    return version in request.if_none_match
+
+
+@route(
+    bp,
+    "/checks/target/<agent_id>",
+    "GET",
+    summary="Checks assigned to a target, with ETag; ?wait=N long-polls for a change",
+    query=schemas.WaitQuery,
+    reply=schemas.AgentChecksReply,
+    auth="agent-or-admin",
+    extra_statuses={304: "the assignment still matches If-None-Match"},
+)
+def assigned_checks(agent_id: str, query: dict[str, Any]) -> Response:
+    session = db_session()
+    target = get_target(session, agent_id)
+    wait = min(query["wait"], settings().LONGPOLL_MAX_WAIT)
+    if wait > 0:
+        # Jitter spreads expiries so a fleet's polls do not all return in the same second.
+        wait *= random.uniform(0.85, 1.0)
+    deadline = time.monotonic() + wait
+    changes = notifier()
+    while True:
+        generation = changes.generation() if wait > 0 else 0
+        session.expire_all()
+        assignment = check_service.agent_assignment(session, target)
+        version = assignment["config_version"]
+        pending = wait > 0 and commands.has_commands(redis_client(), agent_id)
+        remaining = deadline - time.monotonic()
+        if not _etag_matches(version) or pending or remaining <= 0:
+            break
+        # Hand the connection back while parked: a long wait must not pin a pool slot.
+        session.commit()
+        changes.wait(generation, remaining)
+    if _etag_matches(version) and not pending:
+        response = Response(status=304)
+    else:
+        assignment["commands"] = commands.take_commands(redis_client(), agent_id) if pending else []
+        response = jsonify(schemas.AgentChecksReply().dump(assignment))
+    response.set_etag(version)
+    response.headers["Cache-Control"] = "no-cache"
+    return response

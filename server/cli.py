@@ -1,0 +1,309 @@
+"""``aami-server``: serve, worker, cron, db, token, admin-token, demo."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from sqlalchemy.orm import Session
+
+from server.errors import AamiError, SettingsError
+from server.settings import Settings, load_settings
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def prepare_embedded_database(settings: Settings) -> None:
+    """The embedded SQLite schema is kept current automatically; PostgreSQL is migrated
+    explicitly with ``aami-server db upgrade`` (one step of a deployment, not of every start)."""
+    if settings.database_url().startswith("sqlite"):
+        from server import migrate
+
+        migrate.upgrade(settings.database_url())
+
+
+@contextmanager
+def _session() -> Iterator[Session]:
+    from server.db import Database
+
+    settings = _settings()
+    prepare_embedded_database(settings)
+    database = Database(settings.database_url())
+    try:
+        with database.session() as session:
+            yield session
+    except AamiError as exc:
+        raise click.ClickException(exc.message) from None
+    finally:
+        database.engine.dispose()
+
+
+def _parse_labels(pairs: tuple[str, ...]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--label")
+        labels[key] = value
+    return labels
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """AAMI config-server: registers agents, assigns checks, ingests results.
+
+    Settings come from AAMI_* environment variables (see the README); with neither
+    AAMI_DATABASE_URL nor AAMI_REDIS_URL set, everything runs embedded on a SQLite
+    file under AAMI_DATA_DIR (default ./var).
+    """
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
+@click.option(
+    "--workers",
+    default=2,
+    show_default=True,
+    type=int,
+    help="Gunicorn processes (1 when embedded).",
+)
+@click.option(
+    "--threads",
+    default=32,
+    show_default=True,
+    type=int,
+    help="Threads per process; long-polls park on them.",
+)
+@click.option("--certfile", default=None, help="TLS certificate (PEM) to serve HTTPS.")
+@click.option("--keyfile", default=None, help="TLS private key (PEM).")
+def serve(
+    host: str, port: int, workers: int, threads: int, certfile: str | None, keyfile: str | None
+) -> None:
+    """Run the HTTP API under gunicorn."""
+    from server.serving import run_gunicorn
+
+    settings = _settings()
+    prepare_embedded_database(settings)
+    if settings.embedded and workers != 1:
+        click.echo("embedded mode (no AAMI_REDIS_URL): serving with one process", err=True)
+        workers = 1
+    run_gunicorn(
+        bind=f"{host}:{port}", workers=workers, threads=threads, certfile=certfile, keyfile=keyfile
+    )
+
+
+@main.command()
+@click.option(
+    "--queues",
+    default="ingest,events,maintenance",
+    show_default=True,
+    help="Comma-separated queues to take jobs from, in priority order.",
+)
+@click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
+@click.option("--name", default=None, help="Worker name (default: host and pid).")
+def worker(queues: str, burst: bool, name: str | None) -> None:
+    """Run an RQ worker for ingestion, event delivery and maintenance jobs."""
+    from server.jobs.worker import run_worker
+
+    settings = _settings()
+    if settings.embedded:
+        raise click.ClickException(
+            "AAMI_REDIS_URL is not set: the embedded server runs its jobs itself, "
+            "a separate worker is only for deployments with Redis"
+        )
+    try:
+        run_worker(
+            settings, [q.strip() for q in queues.split(",") if q.strip()], burst=burst, name=name
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.group()
+def db() -> None:
+    """Database schema migrations (Alembic)."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    """Apply migrations up to REVISION (default: the newest)."""
+    from server import migrate
+
+    settings = _settings()
+    migrate.upgrade(settings.database_url(), revision)
+    click.echo(f"database at revision {migrate.current(settings.database_url())}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Revert migrations down to REVISION ('base' empties the schema)."""
+    from server import migrate
+
+    migrate.downgrade(_settings().database_url(), revision)
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the schema revision of the database."""
+    from server import migrate
+
+    click.echo(migrate.current(_settings().database_url()) or "empty (run: aami-server db upgrade)")
+
+
+@main.group()
+def token() -> None:
+    """Bootstrap tokens that agents register with."""
+
+
+@token.command("create")
+@click.option("--name", required=True, help="What the token is for, e.g. 'web fleet 2026-11'.")
+@click.option("--group", "group_id", default=None, help="Group that registered targets join.")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Label for registered targets (repeatable).",
+)
+@click.option(
+    "--max-uses", type=click.IntRange(min=1), default=None, help="How many registrations it allows."
+)
+@click.option("--expires-in", default=None, metavar="DURATION", help="Lifetime, e.g. 24h or 30m.")
+@click.option(
+    "--agent-id",
+    default=None,
+    help="Bind the token to one agent id (re-registering a known agent).",
+)
+def token_create(
+    name: str,
+    group_id: str | None,
+    labels: tuple[str, ...],
+    max_uses: int | None,
+    expires_in: str | None,
+    agent_id: str | None,
+) -> None:
+    """Create a bootstrap token; its secret is printed once, alone on the last line."""
+    from agent.durations import parse_duration
+    from server.services import tokens
+
+    try:
+        lifetime = parse_duration(expires_in) if expires_in else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--expires-in") from None
+    with _session() as session:
+        issued = tokens.create_bootstrap_token(
+            session,
+            name=name,
+            group_id=group_id,
+            labels=_parse_labels(labels),
+            max_uses=max_uses,
+            expires_in=lifetime,
+            agent_id=agent_id,
+        )
+        row = issued.row
+        click.echo(f"created bootstrap token {row.id} ({row.prefix}...) '{row.name}'", err=True)
+        click.echo(issued.secret)
+
+
+@token.command("list")
+@click.option("--all", "include_revoked", is_flag=True, help="Include revoked tokens.")
+def token_list(include_revoked: bool) -> None:
+    """List bootstrap tokens (secrets are never shown again)."""
+    from server.services import tokens
+
+    with _session() as session:
+        rows = tokens.list_bootstrap_tokens(session, include_revoked)
+        _print_table(
+            ["id", "prefix", "name", "uses", "expires", "state"],
+            [
+                [
+                    r.id,
+                    r.prefix + "...",
+                    r.name,
+                    f"{r.uses}/{r.max_uses or '-'}",
+                    r.expires_at.isoformat(timespec="minutes") if r.expires_at else "never",
+                    "revoked" if r.revoked_at else "active",
+                ]
+                for r in rows
+            ],
+        )
+
+
+@token.command("revoke")
+@click.argument("token_id")
+def token_revoke(token_id: str) -> None:
+    """Revoke a bootstrap token by id or prefix; registered agents keep working."""
+    from server.services import tokens
+
+    with _session() as session:
+        row = tokens.revoke_bootstrap_token(session, token_id)
+        click.echo(f"revoked bootstrap token {row.id} ({row.prefix}...)")
+
+
+@main.group("admin-token")
+def admin_token() -> None:
+    """Tokens for operators and scripts calling the admin API."""
+
+
+@admin_token.command("create")
+@click.option("--name", required=True, help="Who or what uses it.")
+@click.option(
+    "--role", type=click.Choice(["admin", "read-only"]), default="admin", show_default=True
+)
+def admin_token_create(name: str, role: str) -> None:
+    """Create an admin token; its secret is printed once, alone on the last line."""
+    from server.services import tokens
+
+    with _session() as session:
+        issued = tokens.create_admin_token(session, name=name, role=role)
+        click.echo(
+            f"created {role} token {issued.row.id} ({issued.row.prefix}...) '{name}'", err=True
+        )
+        click.echo(issued.secret)
+
+
+@admin_token.command("list")
+def admin_token_list() -> None:
+    """List admin tokens."""
+    from server.services import tokens
+
+    with _session() as session:
+        _print_table(
+            ["id", "prefix", "name", "role", "state"],
+            [
+                [r.id, r.prefix + "...", r.name, r.role, "revoked" if r.revoked_at else "active"]
+                for r in tokens.list_admin_tokens(session)
+            ],
+        )
+
+
+@admin_token.command("revoke")
+@click.argument("token_id")
+def admin_token_revoke(token_id: str) -> None:
+    """Revoke an admin token by id or prefix."""
+    from server.services import tokens
+
+    with _session() as session:
+        row = tokens.revoke_admin_token(session, token_id)
+        click.echo(f"revoked admin token {row.id} ({row.prefix}...)")
+
+
+def _print_table(headers: list[str], rows: list[list[Any]]) -> None:
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=False)]
+    for line in [headers, *rows]:
+        click.echo("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Shared per-app objects, kept in ``app.extensions`` and reached through these accessors."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import redis
+from flask import current_app
+
+from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.jobs.queues import JobQueues
+    from server.services.notify import ChangeNotifier
+
+SETTINGS = "aami.settings"
+REDIS = "aami.redis"
+NOTIFIER = "aami.notifier"
+QUEUES = "aami.queues"
+
+
+def settings() -> Settings:
+    return current_app.extensions[SETTINGS]
+
+
+def redis_client() -> redis.Redis:
+    return current_app.extensions[REDIS]
+
+
+def notifier() -> ChangeNotifier:
+    return current_app.extensions[NOTIFIER]
+
+
+def job_queues() -> JobQueues:
+    return current_app.extensions[QUEUES]

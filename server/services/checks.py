@@ -1,0 +1,136 @@
+"""Checks and their assignment to targets (by id, group or label)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from server.errors import Conflict, InvalidFields, NotFound
+from server.models import Check, CheckAssignment, Target
+
+CHECK_FIELDS = ("name", "command", "limits", "env", "enabled", "maintenance")
+
+
+def _assignments_from(assign: dict[str, Any]) -> list[CheckAssignment]:
+    rows = [CheckAssignment(target_id=str(t)) for t in assign.get("target_ids", [])]
+    rows += [CheckAssignment(group_id=g) for g in assign.get("group_ids", [])]
+    rows += [
+        CheckAssignment(label_key=k, label_value=v) for k, v in assign.get("labels", {}).items()
+    ]
+    return rows
+
+
+def describe_assignment(check: Check) -> dict[str, Any]:
+    return {
+        "target_ids": sorted(a.target_id for a in check.assignments if a.target_id),
+        "group_ids": sorted(a.group_id for a in check.assignments if a.group_id),
+        "labels": {
+            a.label_key: a.label_value for a in check.assignments if a.label_key is not None
+        },
+    }
+
+
+def check_to_dict(check: Check, *, with_assignment: bool = True) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": check.id,
+        "name": check.name,
+        "command": list(check.command),
+        "interval": check.interval_s,
+        "timeout": check.timeout_s,
+        "limits": {k: v for k, v in (check.limits or {}).items() if v is not None},
+        "env": dict(check.env or {}),
+        "enabled": check.enabled,
+        "maintenance": check.maintenance,
+    }
+    if with_assignment:
+        data["assign"] = describe_assignment(check)
+        data["updated_at"] = check.updated_at
+    return data
+
+
+def create_check(session: Session, data: dict[str, Any]) -> Check:
+    if session.get(Check, data["id"]) is not None:
+        raise Conflict(
+            f"check {data['id']!r} already exists: change it with PATCH /api/v1/checks/{data['id']}"
+        )
+    check = Check(
+        id=data["id"],
+        name=data.get("name") or data["id"],
+        command=list(data["command"]),
+        interval_s=data["interval"],
+        timeout_s=data["timeout"],
+        limits=dict(data.get("limits") or {}),
+        env=dict(data.get("env") or {}),
+        enabled=data.get("enabled", True),
+        maintenance=data.get("maintenance", False),
+    )
+    check.assignments = _assignments_from(data.get("assign") or {})
+    session.add(check)
+    session.flush()
+    return check
+
+
+def get_check(session: Session, check_id: str) -> Check:
+    check = session.get(Check, check_id)
+    if check is None:
+        raise NotFound(f"no check with id {check_id!r}")
+    return check
+
+
+def update_check(session: Session, check_id: str, changes: dict[str, Any]) -> Check:
+    check = get_check(session, check_id)
+    for name in CHECK_FIELDS:
+        if name in changes:
+            setattr(check, name, changes[name])
+    if "interval" in changes:
+        check.interval_s = changes["interval"]
+    if "timeout" in changes:
+        check.timeout_s = changes["timeout"]
+    if check.timeout_s > check.interval_s:
+        raise InvalidFields(
+            "timeout must not exceed interval", fields={"timeout": ["exceeds interval"]}
+        )
+    if "assign" in changes:
+        check.assignments = _assignments_from(changes["assign"] or {})
+    session.flush()
+    return check
+
+
+def delete_check(session: Session, check_id: str) -> None:
+    session.delete(get_check(session, check_id))
+    session.flush()
+
+
+def list_checks(session: Session) -> list[Check]:
+    return list(session.scalars(select(Check).order_by(Check.id)))
+
+
+def _applies_to(check: Check, target: Target) -> bool:
+    labels = target.labels or {}
+    for a in check.assignments:
+        if a.target_id is not None and a.target_id == target.id:
+            return True
+        if a.group_id is not None and a.group_id == target.group_id:
+            return True
+        if a.label_key is not None and labels.get(a.label_key) == a.label_value:
+            return True
+    return False
+
+
+def checks_for_target(session: Session, target: Target) -> list[Check]:
+    """Enabled checks assigned to ``target``, by id order (stable for the ETag)."""
+    return [c for c in list_checks(session) if c.enabled and _applies_to(c, target)]
+
+
+def agent_assignment(session: Session, target: Target) -> dict[str, Any]:
+    """What ``GET /checks/target/{id}`` returns, with its version (the ETag)."""
+    checks = [check_to_dict(c, with_assignment=False) for c in checks_for_target(session, target)]
+    for check in checks:
+        del check["enabled"], check["maintenance"]
+    canonical = json.dumps(checks, sort_keys=True, separators=(",", ":"))
+    version = hashlib.sha256(canonical.encode()).hexdigest()[:20]
+    return {"target_id": target.id, "config_version": version, "checks": checks}

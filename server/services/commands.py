@@ -1,0 +1,32 @@
+"""Commands queued for one agent (for example a forced check), delivered once."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import redis
+
+
+def _key(agent_id: str) -> str:
+    return f"aami:commands:{agent_id}"
+
+
+def queue_command(client: redis.Redis, agent_id: str, command: dict[str, Any]) -> dict[str, Any]:
+    entry = {"id": str(uuid.uuid4()), **command}
+    client.rpush(_key(agent_id), json.dumps(entry))
+    return entry
+
+
+def has_commands(client: redis.Redis, agent_id: str) -> bool:
+    return bool(client.llen(_key(agent_id)))
+
+
+def take_commands(client: redis.Redis, agent_id: str) -> list[dict[str, Any]]:
+    """Pop every pending command atomically, so two replies never carry the same one."""
+    with client.pipeline(transaction=True) as pipe:
+        pipe.lrange(_key(agent_id), 0, -1)
+        pipe.delete(_key(agent_id))
+        raw, _ = pipe.execute()
+    return [json.loads(item) for item in raw]

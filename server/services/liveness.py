@@ -1,0 +1,62 @@
+"""Agent liveness in Redis: a sorted set by last heartbeat, facts in a hash.
+
+The database is written only when an agent's status changes (pending, stale or offline
+to online here; the sweep job writes the other direction).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+LAST_SEEN_KEY = "aami:liveness"
+FACTS_KEY = "aami:facts"
+STATUS_KEY = "aami:status"
+
+
+def record_heartbeat(client: redis.Redis, agent_id: str, facts: dict[str, Any]) -> str | None:
+    """Store the heartbeat; returns the status Redis last knew for the agent (None if none)."""
+    now = time.time()
+    with client.pipeline(transaction=False) as pipe:
+        pipe.zadd(LAST_SEEN_KEY, {agent_id: now})
+        pipe.hset(FACTS_KEY, agent_id, json.dumps({**facts, "received_at": now}))
+        pipe.hget(STATUS_KEY, agent_id)
+        *_, status = pipe.execute()
+    return status.decode() if status else None
+
+
+def remember_status(client: redis.Redis, agent_id: str, status: str) -> None:
+    client.hset(STATUS_KEY, agent_id, status)
+
+
+def forget(client: redis.Redis, agent_id: str) -> None:
+    with client.pipeline(transaction=False) as pipe:
+        pipe.zrem(LAST_SEEN_KEY, agent_id)
+        pipe.hdel(FACTS_KEY, agent_id)
+        pipe.hdel(STATUS_KEY, agent_id)
+        pipe.execute()
+
+
+def last_seen(client: redis.Redis, agent_ids: list[str]) -> dict[str, float]:
+    if not agent_ids:
+        return {}
+    scores = client.zmscore(LAST_SEEN_KEY, agent_ids)
+    return {a: s for a, s in zip(agent_ids, scores, strict=True) if s is not None}
+
+
+def facts(client: redis.Redis, agent_ids: list[str]) -> dict[str, dict[str, Any]]:
+    if not agent_ids:
+        return {}
+    raw = client.hmget(FACTS_KEY, agent_ids)
+    return {a: json.loads(r) for a, r in zip(agent_ids, raw, strict=True) if r}
+
+
+def seen_before(client: redis.Redis, cutoff: float) -> list[tuple[str, float]]:
+    """Agents whose last heartbeat is older than ``cutoff`` (epoch seconds)."""
+    entries: list[tuple[bytes, float]] = client.zrangebyscore(  # type: ignore[assignment]
+        LAST_SEEN_KEY, 0, cutoff, withscores=True
+    )
+    return [(member.decode(), score) for member, score in entries]

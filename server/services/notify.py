@@ -1,0 +1,92 @@
+"""Wake long-polls when assignments change or a command is queued, across processes.
+
+Each server process keeps one Redis pub/sub subscription on a listener thread and a
+generation counter. Waiting requests block on a condition variable instead of holding a
+Redis connection each, so thousands of parked long-polls cost one connection per process.
+If the subscription drops, the generation is bumped on reconnect so that every waiter
+re-checks what it waits for: a message lost in the gap cannot strand anyone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "aami:changes"
+ALL_AGENTS = "*"
+
+
+class ChangeNotifier:
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._condition = threading.Condition()
+        self._generation = 0
+        self._woken: dict[str, int] = {}
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._subscribed = threading.Event()
+
+    def publish(self, agent_id: str = ALL_AGENTS) -> None:
+        """Tell every process that ``agent_id`` (or everyone) should re-read its state."""
+        self._client.publish(CHANNEL, agent_id)
+
+    def generation(self) -> int:
+        self._ensure_listening()
+        with self._condition:
+            return self._generation
+
+    def wait(self, since: int, timeout: float) -> int:
+        """Block until a change newer than ``since`` arrives or ``timeout`` passes."""
+        self._ensure_listening()
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while self._generation == since:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._condition.wait(remaining)
+            return self._generation
+
+    def _ensure_listening(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._start_lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._thread = threading.Thread(
+                target=self._listen_forever, name="aami-change-listener", daemon=True
+            )
+            self._thread.start()
+        # A change published before the subscription is live would be missed.
+        self._subscribed.wait(timeout=5)
+
+    def _bump(self) -> None:
+        with self._condition:
+            self._generation += 1
+            self._condition.notify_all()
+
+    def _listen_forever(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(CHANNEL)
+                self._subscribed.set()
+                self._bump()  # anything published while we were away: re-check
+                delay = 0.5
+                while True:
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._bump()
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                log.warning(
+                    "change listener lost Redis, retrying",
+                    extra={"error": str(exc), "retry_in": delay},
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)

@@ -1,0 +1,79 @@
+"""Agent registration: the four matching rows of the design, plus identity-theft guard.
+
+| scenario                         | agent_id  | result                          |
+| new registration, id provided    | provided  | create a target with that id    |
+| new registration, no id          | empty     | server generates the id         |
+| re-registration / restart        | provided  | connect to the existing target  |
+| pre-registered by an operator    | provided  | connect the agent to the target |
+
+An id that already holds live credentials is only handed out again with proof: the
+agent's current refresh token, or a bootstrap token an operator bound to that id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from server.errors import Conflict, InvalidFields
+from server.models import Group, Target, new_uuid, utcnow
+from server.security.jwt_tokens import JwtConfig
+from server.services import credentials
+from server.services.tokens import claim_bootstrap_token
+
+
+@dataclass(frozen=True)
+class Registration:
+    agent_id: str
+    created: bool
+    tokens: credentials.TokenPair
+
+
+def register_agent(
+    session: Session, jwt_config: JwtConfig, refresh_ttl: int, request: dict[str, Any]
+) -> Registration:
+    token = claim_bootstrap_token(session, request["token"])
+    agent_id = str(request["agent_id"]) if request.get("agent_id") else None
+    if token.bound_agent_id and agent_id not in (None, token.bound_agent_id):
+        raise Conflict(
+            f"this bootstrap token is bound to agent {token.bound_agent_id}, not {agent_id}",
+            code="token_bound_elsewhere",
+        )
+    agent_id = agent_id or token.bound_agent_id
+    group_id = request.get("group_id") or token.group_id
+    if group_id is not None and session.get(Group, group_id) is None:
+        raise InvalidFields(
+            f"group {group_id!r} does not exist", fields={"group_id": ["unknown group"]}
+        )
+    labels = {**request.get("labels", {}), **token.labels}
+
+    target = session.get(Target, agent_id) if agent_id else None
+    created = target is None
+    if target is None:
+        target = Target(id=agent_id or new_uuid(), hostname=request["hostname"])
+        session.add(target)
+    elif credentials.has_live_credentials(session, target.id):
+        proof = request.get("refresh_token")
+        bound = token.bound_agent_id == target.id
+        if not bound and not (
+            proof and credentials.is_live_refresh_token(session, target.id, proof)
+        ):
+            raise Conflict(
+                f"agent id {target.id} is already registered and holds credentials. "
+                "If this is that agent, re-register with its current refresh token; "
+                "otherwise ask an operator for a bootstrap token bound to this id "
+                f"(aami-server token create --agent-id {target.id}) or give the host a new id.",
+                code="agent_id_in_use",
+            )
+    target.hostname = request["hostname"]
+    target.ip_address = request.get("ip_address") or target.ip_address
+    target.group_id = group_id if group_id is not None else target.group_id
+    target.labels = {**(target.labels or {}), **labels}
+    target.attributes = dict(request.get("metadata") or {})
+    target.agent_version = request.get("agent_version") or target.agent_version
+    target.registered_at = utcnow()
+    session.flush()
+    tokens = credentials.start_family(session, jwt_config, target.id, refresh_ttl)
+    return Registration(target.id, created, tokens)

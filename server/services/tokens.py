@@ -1,0 +1,158 @@
+"""Bootstrap and admin tokens: created with a one-time secret, stored hashed, revocable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from server.errors import InvalidFields, NotFound, Unauthorized
+from server.models import AdminToken, BootstrapToken, Group, utcnow
+from server.security.secrets import (
+    ADMIN_PREFIX,
+    BOOTSTRAP_PREFIX,
+    display_prefix,
+    hash_secret,
+    new_secret,
+)
+
+ADMIN_ROLES = ("admin", "read-only")
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A new token row and its secret, which exists nowhere else after this."""
+
+    row: Any
+    secret: str
+
+
+def create_bootstrap_token(
+    session: Session,
+    *,
+    name: str,
+    group_id: str | None = None,
+    labels: dict[str, str] | None = None,
+    max_uses: int | None = None,
+    expires_in: float | None = None,
+    agent_id: str | None = None,
+) -> Issued:
+    if group_id is not None and session.get(Group, group_id) is None:
+        raise InvalidFields(
+            f"group {group_id!r} does not exist: create it first",
+            fields={"group_id": ["unknown group"]},
+        )
+    secret = new_secret(BOOTSTRAP_PREFIX)
+    row = BootstrapToken(
+        name=name,
+        token_hash=hash_secret(secret),
+        prefix=display_prefix(secret),
+        group_id=group_id,
+        labels=dict(labels or {}),
+        max_uses=max_uses,
+        uses=0,
+        bound_agent_id=agent_id,
+        expires_at=utcnow() + timedelta(seconds=expires_in) if expires_in else None,
+    )
+    session.add(row)
+    session.flush()
+    return Issued(row, secret)
+
+
+def list_bootstrap_tokens(session: Session, include_revoked: bool = False) -> list[BootstrapToken]:
+    query = select(BootstrapToken).order_by(BootstrapToken.created_at)
+    if not include_revoked:
+        query = query.where(BootstrapToken.revoked_at.is_(None))
+    return list(session.scalars(query))
+
+
+def find_bootstrap_token(session: Session, id_or_prefix: str) -> BootstrapToken:
+    rows = list(
+        session.scalars(
+            select(BootstrapToken).where(
+                or_(BootstrapToken.id == id_or_prefix, BootstrapToken.prefix == id_or_prefix)
+            )
+        )
+    )
+    if len(rows) != 1:
+        raise NotFound(f"no bootstrap token with id or prefix {id_or_prefix!r}")
+    return rows[0]
+
+
+def revoke_bootstrap_token(session: Session, id_or_prefix: str) -> BootstrapToken:
+    row = find_bootstrap_token(session, id_or_prefix)
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return row
+
+
+def claim_bootstrap_token(session: Session, secret: str) -> BootstrapToken:
+    """Count one use of a valid token, atomically; ``Unauthorized`` saying why otherwise.
+
+    The conditional UPDATE is what keeps ``max_uses`` exact under concurrent
+    registrations: two requests cannot both take the last use.
+    """
+    token_hash = hash_secret(secret)
+    now = utcnow()
+    claimed = session.execute(
+        update(BootstrapToken)
+        .where(
+            BootstrapToken.token_hash == token_hash,
+            BootstrapToken.revoked_at.is_(None),
+            or_(BootstrapToken.expires_at.is_(None), BootstrapToken.expires_at > now),
+            or_(BootstrapToken.max_uses.is_(None), BootstrapToken.uses < BootstrapToken.max_uses),
+        )
+        .values(uses=BootstrapToken.uses + 1, last_used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    row = session.scalar(select(BootstrapToken).where(BootstrapToken.token_hash == token_hash))
+    if claimed.rowcount == 1 and row is not None:  # type: ignore[attr-defined]
+        session.refresh(row)
+        return row
+    raise Unauthorized(_refusal_reason(row, now), code="invalid_bootstrap_token")
+
+
+def _refusal_reason(row: BootstrapToken | None, now: datetime) -> str:
+    if row is None:
+        return "unknown bootstrap token: check the token the agent was given"
+    if row.revoked_at is not None:
+        return f"bootstrap token {row.prefix}... was revoked: ask an operator for a new one"
+    if row.expires_at is not None and row.expires_at <= now:
+        return f"bootstrap token {row.prefix}... expired: ask an operator for a new one"
+    return f"bootstrap token {row.prefix}... has been used {row.uses} of {row.max_uses} times"
+
+
+def create_admin_token(session: Session, *, name: str, role: str) -> Issued:
+    if role not in ADMIN_ROLES:
+        raise InvalidFields(
+            f"role must be one of {', '.join(ADMIN_ROLES)}", fields={"role": ["unknown role"]}
+        )
+    secret = new_secret(ADMIN_PREFIX)
+    row = AdminToken(
+        name=name, role=role, token_hash=hash_secret(secret), prefix=display_prefix(secret)
+    )
+    session.add(row)
+    session.flush()
+    return Issued(row, secret)
+
+
+def list_admin_tokens(session: Session) -> list[AdminToken]:
+    return list(session.scalars(select(AdminToken).order_by(AdminToken.created_at)))
+
+
+def revoke_admin_token(session: Session, id_or_prefix: str) -> AdminToken:
+    rows = list(
+        session.scalars(
+            select(AdminToken).where(
+                or_(AdminToken.id == id_or_prefix, AdminToken.prefix == id_or_prefix)
+            )
+        )
+    )
+    if len(rows) != 1:
+        raise NotFound(f"no admin token with id or prefix {id_or_prefix!r}")
+    if rows[0].revoked_at is None:
+        rows[0].revoked_at = utcnow()
+    return rows[0]

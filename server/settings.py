@@ -1,0 +1,159 @@
+"""Server settings: documented defaults, then ``AAMI_*`` environment, then explicit overrides.
+
+Every secret may also come from a file named by ``AAMI_<NAME>_FILE`` (Docker and systemd
+credentials). A bad value stops the server at start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from server.errors import SettingsError
+
+ENV_PREFIX = "AAMI_"
+SECRET_SETTINGS = ("SECRET_KEY", "DATABASE_URL", "REDIS_URL")
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the embedded default keeps its SQLite file and generated secret key.
+    DATA_DIR: str = "./var"
+    # SQLAlchemy URL; empty means the embedded SQLite file under DATA_DIR.
+    DATABASE_URL: str = ""
+    # Redis URL; empty means the embedded in-process Redis stand-in (single process only).
+    REDIS_URL: str = ""
+    # Key that signs access JWTs (HS256). Empty: generated once into DATA_DIR/secret_key.
+    SECRET_KEY: str = ""
+    JWT_ISSUER: str = "aami-config-server"
+    JWT_AUDIENCE: str = "aami-agent"
+    ACCESS_TOKEN_TTL: int = 900
+    REFRESH_TOKEN_TTL: int = 30 * 24 * 3600
+    # Interval agents are told to heartbeat at; the stale sweep counts in these.
+    HEARTBEAT_INTERVAL: int = 30
+    STALE_AFTER_INTERVALS: int = 3
+    OFFLINE_AFTER_INTERVALS: int = 10
+    # Upper bound of ``?wait=`` on the assignment long-poll, in seconds.
+    LONGPOLL_MAX_WAIT: int = 60
+    # Largest request body accepted, in bytes (413 beyond).
+    MAX_CONTENT_LENGTH: int = 1024 * 1024
+    MAX_RESULTS_PER_BATCH: int = 500
+    MAX_OUTPUT_LENGTH: int = 16384
+    RESULT_RETENTION_DAYS: int = 30
+    LOG_LEVEL: str = "info"
+    LOG_FORMAT: str = "json"
+
+    @property
+    def embedded(self) -> bool:
+        return not self.REDIS_URL
+
+    def database_url(self) -> str:
+        if self.DATABASE_URL:
+            return self.DATABASE_URL
+        return f"sqlite:///{Path(self.DATA_DIR).resolve() / 'aami.db'}"
+
+
+_FIELD_TYPES = {f.name: f.type for f in fields(Settings)}
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    kind = _FIELD_TYPES[name]
+    if kind == "int":
+        if isinstance(raw, bool):
+            raise SettingsError(f"{ENV_PREFIX}{name}: expected a whole number, got {raw!r}")
+        try:
+            value = int(raw)
+        except (TypeError, ValueError):
+            raise SettingsError(
+                f"{ENV_PREFIX}{name}: expected a whole number, got {raw!r}"
+            ) from None
+        if value <= 0:
+            raise SettingsError(f"{ENV_PREFIX}{name}: must be greater than 0, got {value}")
+        return value
+    if not isinstance(raw, str):
+        raise SettingsError(f"{ENV_PREFIX}{name}: expected text, got {raw!r}")
+    return raw
+
+
+def _read_secret_file(name: str, path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise SettingsError(
+            f"{ENV_PREFIX}{name}_FILE: cannot read {path}: {exc.strerror}"
+        ) from None
+
+
+def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in _FIELD_TYPES:
+        file_var = f"{ENV_PREFIX}{name}_FILE"
+        if name in SECRET_SETTINGS and environ.get(file_var):
+            values[name] = _read_secret_file(name, environ[file_var])
+        elif f"{ENV_PREFIX}{name}" in environ:
+            values[name] = environ[f"{ENV_PREFIX}{name}"]
+    return values
+
+
+def _validate(settings: Settings) -> None:
+    if settings.LOG_LEVEL.lower() not in {"debug", "info", "warning", "error"}:
+        raise SettingsError(
+            f"{ENV_PREFIX}LOG_LEVEL: {settings.LOG_LEVEL!r} is not one of "
+            "debug, info, warning, error"
+        )
+    if settings.LOG_FORMAT not in {"json", "text"}:
+        raise SettingsError(f"{ENV_PREFIX}LOG_FORMAT: {settings.LOG_FORMAT!r} is not json or text")
+    if settings.DATABASE_URL and not settings.DATABASE_URL.startswith(("postgresql", "sqlite")):
+        raise SettingsError(
+            f"{ENV_PREFIX}DATABASE_URL: only postgresql+psycopg:// and sqlite:// URLs are supported"
+        )
+    if settings.REDIS_URL and not settings.REDIS_URL.startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        raise SettingsError(f"{ENV_PREFIX}REDIS_URL: expected a redis:// or rediss:// URL")
+    if settings.SECRET_KEY and len(settings.SECRET_KEY) < 32:
+        raise SettingsError(f"{ENV_PREFIX}SECRET_KEY: must be at least 32 characters long")
+    if settings.OFFLINE_AFTER_INTERVALS <= settings.STALE_AFTER_INTERVALS:
+        raise SettingsError(
+            f"{ENV_PREFIX}OFFLINE_AFTER_INTERVALS must be larger than "
+            f"{ENV_PREFIX}STALE_AFTER_INTERVALS"
+        )
+
+
+def _generated_secret_key(data_dir: str) -> str:
+    """The embedded default's signing key: made once, kept in a 0600 file."""
+    path = Path(data_dir) / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Defaults, then the environment, then ``overrides`` (tests); validated."""
+    values = _from_environment(os.environ if environ is None else environ)
+    for key, value in (overrides or {}).items():
+        if key not in _FIELD_TYPES:
+            raise SettingsError(f"unknown setting {key!r}")
+        values[key] = value
+    coerced = {name: _coerce(name, raw) for name, raw in values.items()}
+    settings = replace(Settings(), **coerced)
+    _validate(settings)
+    if not settings.SECRET_KEY:
+        if not settings.embedded:
+            raise SettingsError(
+                f"{ENV_PREFIX}SECRET_KEY (or {ENV_PREFIX}SECRET_KEY_FILE) is required when "
+                f"{ENV_PREFIX}REDIS_URL is set: every server replica must sign with the same key"
+            )
+        settings = replace(settings, SECRET_KEY=_generated_secret_key(settings.DATA_DIR))
+    return settings

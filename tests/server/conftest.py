@@ -1,0 +1,82 @@
+"""Fixtures for server tests: an embedded app (SQLite + in-process Redis) per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from server import create_app, migrate
+from server.db import get_database
+from server.services import tokens
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Flask:
+    """A fresh embedded server: its own SQLite file, migrated, and its own fake Redis."""
+    data_dir = tmp_path / "var"
+    app = create_app({"DATA_DIR": str(data_dir), "LOG_LEVEL": "warning"})
+    migrate.upgrade(app.extensions["aami.settings"].database_url())
+    return app
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def make_admin_token(app: Flask) -> Callable[..., str]:
+    def make(role: str = "admin", name: str = "ops") -> str:
+        with get_database(app).session() as session:
+            return tokens.create_admin_token(session, name=name, role=role).secret
+
+    return make
+
+
+@pytest.fixture
+def admin_headers(make_admin_token: Callable[..., str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_admin_token()}"}
+
+
+@pytest.fixture
+def readonly_headers(make_admin_token: Callable[..., str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_admin_token('read-only', 'viewer')}"}
+
+
+@pytest.fixture
+def make_bootstrap_token(app: Flask) -> Callable[..., str]:
+    def make(**options: Any) -> str:
+        with get_database(app).session() as session:
+            return tokens.create_bootstrap_token(session, name="test", **options).secret
+
+    return make
+
+
+@pytest.fixture
+def register(client: FlaskClient, make_bootstrap_token: Callable[..., str]) -> Callable[..., Any]:
+    """Register an agent; returns the JSON reply (asserting a 200/201)."""
+
+    def do_register(agent_id: str | None = None, **fields: Any) -> dict[str, Any]:
+        body = {"token": fields.pop("token", None) or make_bootstrap_token(), "hostname": "web-1"}
+        if agent_id is not None:
+            body["agent_id"] = agent_id
+        body.update(fields)
+        reply = client.post("/api/v1/bootstrap-tokens/register", json=body)
+        assert reply.status_code in (200, 201), reply.get_json()
+        return reply.get_json()  # type: ignore[no-any-return]
+
+    return do_register
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def new_agent_id() -> str:
+    return str(uuid.uuid4())
