@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -26,6 +26,7 @@ from agent.model import ResourceLimits
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("json", "text")
+_SECTIONS = ("server", "agent", "heartbeat", "checks", "results", "spool", "logging")
 _LIMIT_KEYS = ("cpu_seconds", "memory_mb", "open_files", "file_size_mb", "processes")
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kb": 1024, "kib": 1024, "mb": 1024**2, "mib": 1024**2,
@@ -207,6 +208,8 @@ def _parse_yaml(source: str, text: str) -> dict[Any, Any]:
 
 def _build(path: Path, data: dict[Any, Any], *, check_files: bool) -> Config:
     root = _Section(str(path), path.parent, "", data)
+    # A misspelt section name explains every error that would follow from it: say it first.
+    root.reject_unknown(_SECTIONS)
     server = _build_server(root.section("server"), check_files=check_files)
     agent = _build_agent(root.section("agent"))
     heartbeat = _build_heartbeat(root.section("heartbeat"))
@@ -379,13 +382,16 @@ class _Section:
 
     def finish(self) -> None:
         """Raise on the first key nobody asked for: a typo or a setting that does not exist."""
+        self.reject_unknown(self._known)
+
+    def reject_unknown(self, known: Sequence[str]) -> None:
         import difflib
 
         for key in self._data:
-            if key not in self._known:
-                hint = difflib.get_close_matches(str(key), self._known, n=1)
+            if key not in known:
+                hint = difflib.get_close_matches(str(key), known, n=1)
                 suggestion = f"; did you mean {hint[0]!r}?" if hint else (
-                    f" (known keys: {', '.join(self._known)})")
+                    f" (known keys: {', '.join(known)})")
                 self.fail(str(key), f"unknown key{suggestion}")
 
     def section(self, key: str) -> _Section:

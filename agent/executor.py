@@ -104,7 +104,7 @@ class Executor:
     def run(self, spec: CheckSpec) -> CheckResult:
         """Run ``spec`` to completion or timeout; never raises."""
         started = time.monotonic()
-        executed_at = _iso_utc(time.time())
+        executed_at = iso_utc(time.time())
         try:
             exit_code, output, perfdata = self._run(spec, started)
         except _Refused as exc:
@@ -264,9 +264,9 @@ class _CappedBuffer:
         data = bytes(self.kept)
         if self.truncated:
             # Cut back to the last separator so a half-written perfdata item is dropped
-            # rather than parsed into a wrong value; not if that would lose most of it.
+            # rather than parsed into a wrong value; not if that would lose half of it.
             cut = max(data.rfind(b"\n"), data.rfind(b" "))
-            if cut >= len(data) * 3 // 4:
+            if cut >= len(data) // 2:
                 data = data[:cut]
         # final=False: a multi-byte character cut in half is dropped, not turned into U+FFFD.
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -402,7 +402,8 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def _iso_utc(timestamp: float) -> str:
+def iso_utc(timestamp: float) -> str:
+    """``2026-11-22T10:30:00.123Z`` for a ``time.time()`` value."""
     moment = datetime.fromtimestamp(timestamp, tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
@@ -418,5 +419,5 @@ def error_result(check_id: str, output: str, exit_code: int = EXIT_UNKNOWN) -> C
         output=output,
         perfdata=[],
         duration_ms=0,
-        executed_at=_iso_utc(time.time()),
+        executed_at=iso_utc(time.time()),
     )

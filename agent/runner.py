@@ -22,10 +22,10 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from agent import defaults
 from agent.assignment import AssignmentCache, parse_checks
@@ -34,10 +34,14 @@ from agent.backoff import Backoff
 from agent.config import Config, load_config
 from agent.credentials import CredentialStore
 from agent.errors import AgentError, ConfigError, RequestRejected, RetryLater, TransportError
+from agent.executor import Executor, iso_utc
+from agent.fileio import write_json
 from agent.identity import load_or_create_agent_id
 from agent.logs import setup_logging
 from agent.model import CheckResult, CheckSpec
-from agent.status import StatusBoard, iso_utc, pid_running, read_status
+from agent.scheduler import CheckRunner, Scheduler
+from agent.spool import Spool
+from agent.status import StatusBoard, pid_running, read_status
 from agent.transport.base import NOT_MODIFIED, Assignment, Command, Registration, Transport
 from agent.version import agent_version
 
@@ -45,12 +49,6 @@ log = logging.getLogger(__name__)
 
 # Heartbeat commands are remembered by id so one delivered twice runs once.
 _SEEN_COMMANDS = 256
-
-
-class CheckRunner(Protocol):
-    """What the scheduler needs from an executor."""
-
-    def run(self, spec: CheckSpec) -> CheckResult: ...
 
 
 class _SwappableExecutor:
@@ -64,8 +62,6 @@ class _SwappableExecutor:
 
 
 def build_executor(config: Config) -> CheckRunner:
-    from agent.executor import Executor
-
     checks = config.checks
     return Executor(checks.allowed_paths, checks.default_limits, checks.output_limit)
 
@@ -105,9 +101,6 @@ class Agent:
         transport: Transport | None = None,
         executor: CheckRunner | None = None,
     ) -> None:
-        from agent.scheduler import Scheduler
-        from agent.spool import Spool
-
         self.config = config
         state_dir = config.agent.state_dir
         try:
@@ -257,7 +250,7 @@ class Agent:
         if new.checks != old.checks:
             self._executor.current = build_executor(new)
             if new.checks.max_concurrent != old.checks.max_concurrent:
-                self._set_max_concurrent(new.checks.max_concurrent)
+                self.scheduler.set_max_concurrent(new.checks.max_concurrent)
         self.config = new
         # Labels, hostname and group are sent at registration: they apply from the next
         # one (the wire contract has no call to change them in between).
@@ -268,13 +261,6 @@ class Agent:
             self._apply(self._assignment)
         self._wake_heartbeat.set()
         log.info("configuration reloaded from %s", new.path)
-
-    def _set_max_concurrent(self, value: int) -> None:
-        setter = getattr(self.scheduler, "set_max_concurrent", None)
-        if callable(setter):
-            setter(value)
-        else:
-            log.warning("checks.max_concurrent changed: the change takes effect after a restart")
 
     # -- loops --------------------------------------------------------------------------
 
@@ -337,7 +323,7 @@ class Agent:
             "uptime_s": round(time.monotonic() - self._started, 1),
             "spool_depth": self.spool.depth(),
             "dropped_results": self.dropped_results(),
-            "running_checks": self._running_checks(),
+            "running_checks": self.scheduler.running_count(),
             "hostname": self.config.agent.hostname,
             "policy_error": self._policy_error,
         }
@@ -470,50 +456,17 @@ class Agent:
             own = self._dropped_final + self._lost
         return self.spool.dropped() + own
 
-    def _running_checks(self) -> int | None:
-        snapshot = self.scheduler.snapshot()
-        return sum(1 for info in _snapshot_items(snapshot) if info.get("running")) \
-            if snapshot is not None else None
-
     def _write_status(self) -> None:
         try:
-            next_due = {check_id: info.get("next_due")
-                        for check_id, info in _snapshot_pairs(self.scheduler.snapshot())}
+            next_due = {info["check_id"]: info["next_due"] for info in self.scheduler.snapshot()}
             data = self.status.snapshot(
                 next_due=next_due,
                 spool_depth=self.spool.depth(),
                 dropped_results=self.dropped_results(),
             )
-            from agent.fileio import write_json
-
             write_json(self._status_path, data, durable=False)
         except Exception:
             log.exception("cannot write %s", self._status_path)
-
-
-def _snapshot_pairs(snapshot: Any) -> list[tuple[str, Mapping[str, Any]]]:
-    """(check id, info) pairs from the scheduler's snapshot, whatever its container."""
-    if isinstance(snapshot, Mapping):
-        return [(str(k), _as_mapping(v)) for k, v in snapshot.items()]
-    pairs = []
-    for item in snapshot or ():
-        info = _as_mapping(item)
-        pairs.append((str(info.get("check_id") or info.get("id")), info))
-    return pairs
-
-
-def _snapshot_items(snapshot: Any) -> list[Mapping[str, Any]]:
-    return [info for _, info in _snapshot_pairs(snapshot)]
-
-
-def _as_mapping(value: Any) -> Mapping[str, Any]:
-    if isinstance(value, Mapping):
-        return value
-    from dataclasses import asdict, is_dataclass
-
-    if is_dataclass(value) and not isinstance(value, type):
-        return asdict(value)
-    return {}
 
 
 # -- check --once --------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agent.executor import error_result
+from agent.executor import error_result, iso_utc
 from agent.model import CheckResult, CheckSpec
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,8 @@ class Scheduler:
         with self._lock:
             self._stopping = True
             self._changed.notify_all()
-        for _ in range(self._max_concurrent):
+            workers = self._max_concurrent
+        for _ in range(workers):
             self._ready.put(None)
         with self._lock:
             while self._in_flight:
@@ -209,17 +210,24 @@ class Scheduler:
     def snapshot(self) -> list[dict[str, Any]]:
         """Per-check state for a status page, sorted by check id.
 
-        ``next_due_in`` is seconds from now (None before start()); ``last_*`` are None until
-        the first run completes; ``skipped`` counts runs skipped to avoid overlap.
+        ``next_due`` is the wall-clock time of the next scheduled run (ISO 8601 UTC) and
+        ``next_due_in`` the seconds until then (both None before start()); ``last_*`` are
+        None until the first run completes; ``skipped`` counts runs skipped to avoid overlap.
         """
         with self._lock:
             now = self._clock()
+            wall_now = time.time()
             return [
                 {
                     "check_id": check_id,
                     "name": entry.spec.name,
                     "interval": entry.spec.interval,
                     "timeout": entry.spec.timeout,
+                    "next_due": (
+                        None
+                        if entry.next_due is None
+                        else iso_utc(wall_now + max(0.0, entry.next_due - now))
+                    ),
                     "next_due_in": (
                         None if entry.next_due is None else max(0.0, entry.next_due - now)
                     ),
@@ -235,6 +243,29 @@ class Scheduler:
                 for check_id, entry in sorted(self._entries.items())
                 if not entry.removed
             ]
+
+    def set_max_concurrent(self, max_concurrent: int) -> None:
+        """Resize the worker pool (configuration reload). Shrinking takes effect as
+        workers finish what they are running."""
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
+        with self._lock:
+            if self._stopping:
+                return
+            change = max_concurrent - self._max_concurrent
+            self._max_concurrent = max_concurrent
+            if not self._started:
+                return
+            new_threads = [
+                threading.Thread(target=self._worker_loop, name="aami-check", daemon=True)
+                for _ in range(max(change, 0))
+            ]
+            self._threads += new_threads
+            for _ in range(max(-change, 0)):
+                self._ready.put(None)  # the next idle worker to take it exits
+        for thread in new_threads:
+            thread.start()
+        log.info("check concurrency set to %d", max_concurrent)
 
     def running_count(self) -> int:
         """How many checks are executing right now (for the heartbeat)."""

@@ -15,13 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from agent.executor import iso_utc
 from agent.model import CheckResult
-
-
-def iso_utc(timestamp: float) -> str:
-    """``2026-11-22T10:30:00.123Z`` for a ``time.time()`` value."""
-    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp))
-    return f"{whole}.{int(timestamp % 1 * 1000):03d}Z"
 
 
 class StatusBoard:

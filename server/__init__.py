@@ -35,6 +35,9 @@ def init_extensions(app: Flask, settings: Settings) -> None:
     app.extensions[extensions.REDIS] = client
     app.extensions[extensions.NOTIFIER] = ChangeNotifier(client)
     app.extensions[extensions.QUEUES] = JobQueues(client, inline=settings.embedded)
+    from server import metrics
+
+    metrics.init_app(app, database, client)
     if settings.embedded:
         # Jobs run inline in this process: give them this app's database and Redis.
         context.configure(settings, database, client)
@@ -45,8 +48,11 @@ def register_blueprints(app: Flask) -> None:
         agents,
         bootstrap_tokens,
         checks,
+        commands,
+        events,
         groups,
         health,
+        jobs,
         openapi,
         registration,
         results,
@@ -63,6 +69,9 @@ def register_blueprints(app: Flask) -> None:
         targets,
         groups,
         bootstrap_tokens,
+        events,
+        jobs,
+        commands,
         openapi,
     ):
         app.register_blueprint(module.bp)

@@ -128,6 +128,25 @@ def worker(queues: str, burst: bool, name: str | None) -> None:
         raise click.ClickException(str(exc)) from None
 
 
+@main.command()
+def cron() -> None:
+    """Schedule the periodic jobs (stale sweeps, retention) with RQ's CronScheduler.
+
+    Run one or two (for redundancy): the jobs are safe to run twice.
+    """
+    from server.jobs.cron import build_scheduler
+    from server.logs import configure_logging
+    from server.redis_conn import connect
+
+    settings = _settings()
+    if settings.embedded:
+        raise click.ClickException(
+            "AAMI_REDIS_URL is not set: the embedded server runs its periodic jobs itself"
+        )
+    configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
+    build_scheduler(settings, connect(settings.REDIS_URL, settings.DATA_DIR)).start()
+
+
 @main.group()
 def db() -> None:
     """Database schema migrations (Alembic)."""
@@ -297,6 +316,24 @@ def admin_token_revoke(token_id: str) -> None:
     with _session() as session:
         row = tokens.revoke_admin_token(session, token_id)
         click.echo(f"revoked admin token {row.id} ({row.prefix}...)")
+
+
+@main.command()
+@click.option(
+    "--data-dir",
+    default="./var/demo",
+    show_default=True,
+    type=click.Path(),
+    help="Where the demo keeps its files.",
+)
+@click.option("--port", default=None, type=int, help="Server port (default: a free one).")
+def demo(data_dir: str, port: int | None) -> None:
+    """Run server, worker and an agent with sample checks; show live states. Ctrl-C stops."""
+    from pathlib import Path
+
+    from server.demo import run_demo
+
+    sys.exit(run_demo(Path(data_dir), port))
 
 
 def _print_table(headers: list[str], rows: list[list[Any]]) -> None:

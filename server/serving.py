@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -24,7 +27,27 @@ class _Gunicorn(BaseApplication):
         app = create_app()
         settings = app.extensions["aami.settings"]
         configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
+        if settings.embedded:
+            from server.jobs.embedded import start_embedded_periodic_jobs
+
+            start_embedded_periodic_jobs(settings)
         return app
+
+
+def _child_exit(_server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def _metrics_dir() -> str:
+    """A fresh directory for prometheus-client's per-process files, set before any
+    worker imports the library (it reads the variable at import time)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="aami-metrics-")
+    for stale in Path(path).glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
 
 
 def run_gunicorn(
@@ -35,8 +58,10 @@ def run_gunicorn(
     certfile: str | None = None,
     keyfile: str | None = None,
 ) -> None:
+    _metrics_dir()
     _Gunicorn(
         {
+            "child_exit": _child_exit,
             "bind": bind,
             "workers": workers,
             "threads": threads,

@@ -318,3 +318,42 @@ class BootstrapTokenReply(StrictSchema):
     revoked_at = fields.DateTime(allow_none=True)
     created_at = fields.DateTime()
     token = fields.String(metadata={"description": "the secret; returned once, at creation"})
+
+
+# --- events, jobs, commands --------------------------------------------------------------
+
+
+class EventQuery(StrictSchema):
+    target_id = Text(36)
+    check_id = Text(64)
+    kind = fields.String(validate=validate.OneOf(["target_status", "check_state", "flapping"]))
+    since = fields.AwareDateTime(default_timezone=UTC)
+    limit = fields.Integer(validate=validate.Range(min=1, max=1000), load_default=100)
+
+
+class EventReply(StrictSchema):
+    id = fields.Integer(required=True)
+    kind = fields.String(required=True)
+    target_id = fields.String(allow_none=True)
+    check_id = fields.String(allow_none=True)
+    previous = fields.String(allow_none=True)
+    current = fields.String(required=True)
+    message = fields.String()
+    created_at = fields.DateTime(required=True)
+
+
+class JobReply(StrictSchema):
+    id = fields.String(required=True)
+    status = fields.String(required=True)
+    queue = fields.String(allow_none=True)
+    enqueued_at = fields.DateTime(allow_none=True)
+    ended_at = fields.DateTime(allow_none=True)
+    result = fields.Raw(allow_none=True)
+    error = fields.String(allow_none=True)
+
+
+class CommandReply(StrictSchema):
+    id = fields.String(required=True)
+    type = fields.String(required=True)
+    check_id = fields.String()
+    target_id = fields.String(required=True)

@@ -74,11 +74,11 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
 
 
-def skip_or_fail(reason: str, *, ci: bool | None = None) -> NoReturn:
+def skip_or_fail(reason: str) -> NoReturn:
     """Skip the test for a missing service, or fail it when running in CI."""
-    if in_ci() if ci is None else ci:
-        pytest.fail(f"{reason}\n(CI=true: a missing service fails the run instead of skipping)",
-                    pytrace=False)
+    if in_ci():
+        message = f"{reason}\n(CI=true: a missing service fails the run instead of skipping)"
+        pytest.fail(message, pytrace=False)
     pytest.skip(reason)
 
 

@@ -1,0 +1,132 @@
+"""Prometheus metrics at ``/metrics``, correct under several gunicorn processes.
+
+Two sources feed one exposition:
+
+- Fleet figures (targets and check states by status, queue depths, results ingested,
+  ingest lag) are read at scrape time from the database and Redis, so every process
+  reports the same numbers and nothing is counted per process.
+- Request latency is observed in each process; with ``PROMETHEUS_MULTIPROC_DIR`` set
+  (``aami-server serve`` sets it) prometheus-client aggregates the processes' files.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import redis
+from flask import Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from rq import Queue
+from rq.registry import FailedJobRegistry
+from sqlalchemy import func, select
+
+from server.db import Database
+from server.jobs.queues import ALL_QUEUES
+from server.models import CheckState, Target
+
+RESULTS_INGESTED_KEY = "aami:metrics:results_ingested"
+INGEST_LAG_KEY = "aami:metrics:ingest_lag_seconds"
+TARGET_STATUSES = ("pending", "online", "stale", "offline")
+CHECK_STATUSES = ("ok", "warning", "critical", "unknown")
+
+REQUEST_LATENCY = Histogram(
+    "aami_http_request_duration_seconds",
+    "Time to answer an HTTP request (long-polls included).",
+    ["method", "endpoint", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+
+def record_ingest(client: redis.Redis, inserted: int, lag_seconds: float) -> None:
+    """Called by the ingest job, in whichever worker ran it."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.incrby(RESULTS_INGESTED_KEY, inserted)
+        pipe.set(INGEST_LAG_KEY, f"{lag_seconds:.3f}")
+        pipe.execute()
+
+
+class FleetCollector(Collector):
+    def __init__(self, database: Database, client: redis.Redis) -> None:
+        self.database = database
+        self.client = client
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        targets = GaugeMetricFamily("aami_targets", "Targets by status.", labels=["status"])
+        states = GaugeMetricFamily(
+            "aami_check_states", "Current check states by status.", labels=["status"]
+        )
+        with self.database.sessions() as session:
+            by_target = dict(
+                session.execute(select(Target.status, func.count()).group_by(Target.status)).all()
+            )
+            by_check = dict(
+                session.execute(
+                    select(CheckState.status, func.count()).group_by(CheckState.status)
+                ).all()
+            )
+        for status in TARGET_STATUSES:
+            targets.add_metric([status], by_target.get(status, 0))
+        for status in CHECK_STATUSES:
+            states.add_metric([status], by_check.get(status, 0))
+        yield targets
+        yield states
+
+        ingested, lag = self.client.mget(RESULTS_INGESTED_KEY, INGEST_LAG_KEY)
+        yield CounterMetricFamily(
+            "aami_results_ingested", "Check results stored.", value=int(ingested or 0)
+        )
+        yield GaugeMetricFamily(
+            "aami_ingest_lag_seconds",
+            "Now minus executed_at of the newest batch, when it was stored.",
+            value=float(lag or 0),
+        )
+        depth = GaugeMetricFamily("aami_queue_depth", "Jobs waiting per queue.", labels=["queue"])
+        failed = GaugeMetricFamily(
+            "aami_queue_failed_jobs", "Failed jobs per queue.", labels=["queue"]
+        )
+        for name in ALL_QUEUES:
+            queue = Queue(name, connection=self.client)
+            depth.add_metric([name], queue.count)
+            failed.add_metric([name], FailedJobRegistry(queue=queue).count)
+        yield depth
+        yield failed
+
+
+def init_app(app: Flask, database: Database, client: redis.Redis) -> None:
+    collector = FleetCollector(database, client)
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.request_started = time.perf_counter()
+
+    @app.after_request
+    def _observe(response: Response) -> Response:
+        started = g.pop("request_started", None)
+        if started is not None:
+            REQUEST_LATENCY.labels(
+                request.method,
+                request.url_rule.rule if request.url_rule else "unmatched",
+                response.status_code,
+            ).observe(time.perf_counter() - started)
+        return response
+
+    def metrics() -> Response:
+        registry = CollectorRegistry()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            multiprocess.MultiProcessCollector(registry)
+        else:
+            registry.register(REQUEST_LATENCY)
+        registry.register(collector)
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+    app.add_url_rule("/metrics", "metrics", metrics)
