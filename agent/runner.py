@@ -33,7 +33,7 @@ from agent.auth import Authenticator
 from agent.backoff import Backoff
 from agent.config import Config, load_config
 from agent.credentials import CredentialStore
-from agent.errors import AgentError, ConfigError, RequestRejected, RetryLater, TransportError
+from agent.errors import AgentError, ConfigError, RequestRejected, RetryLater
 from agent.executor import Executor, iso_utc
 from agent.fileio import write_json
 from agent.identity import load_or_create_agent_id
@@ -100,8 +100,12 @@ class Agent:
         *,
         transport: Transport | None = None,
         executor: CheckRunner | None = None,
+        backoff: Callable[[], Backoff] = Backoff,
     ) -> None:
+        """``transport`` and ``executor`` default to the real ones built from ``config``;
+        ``backoff`` makes the retry pacing of each loop (tests speed it up)."""
         self.config = config
+        self._backoff = backoff
         state_dir = config.agent.state_dir
         try:
             state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -266,30 +270,31 @@ class Agent:
 
     def _loop(self, name: str, step: Callable[[], float], wake: threading.Event) -> None:
         """Run ``step`` until stopped; sleep what it returns, or back off when it fails."""
-        backoff = Backoff()
+        backoff = self._backoff()
         while not self._stop.is_set():
             try:
                 delay = step()
                 backoff.reset()
-            except RetryLater as exc:
-                delay = backoff.next_delay(exc.retry_after)
-                self._failed(name, exc, delay)
-            except AgentError as exc:
-                delay = backoff.next_delay()
-                self._failed(name, exc, delay)
-            except Exception as exc:  # a bug must not stop the loop, only be reported
-                delay = backoff.next_delay()
-                log.exception("%s loop: unexpected error; retrying in %.1fs", name, delay)
-                self.status.failed(f"{name}: {exc!r}")
+            except Exception as exc:
+                if self._stop.is_set():
+                    return  # failures caused by shutting down (closed transport) are moot
+                delay = self._failed(name, exc, backoff)
             if delay > 0:
                 wake.wait(delay)
             wake.clear()
 
-    def _failed(self, name: str, exc: AgentError, delay: float) -> None:
-        level = logging.ERROR if isinstance(exc, ConfigError) else logging.WARNING
-        log.log(level, "%s: %s; retrying in %.1fs", name, exc, delay)
-        if isinstance(exc, TransportError | ConfigError):
+    def _failed(self, name: str, exc: Exception, backoff: Backoff) -> float:
+        """Report a failed step; returns how long to back off before the next one."""
+        retry_after = exc.retry_after if isinstance(exc, RetryLater) else None
+        delay = backoff.next_delay(retry_after)
+        if isinstance(exc, AgentError):
+            level = logging.ERROR if isinstance(exc, ConfigError) else logging.WARNING
+            log.log(level, "%s: %s; retrying in %.1fs", name, exc, delay)
             self.status.failed(exc)
+        else:  # a bug: it must not stop the loop, only be reported
+            log.exception("%s loop: unexpected error; retrying in %.1fs", name, delay)
+            self.status.failed(f"{name}: {exc!r}")
+        return delay
 
     def _heartbeat_loop(self) -> None:
         self._loop("heartbeat", self._heartbeat_once, self._wake_heartbeat)

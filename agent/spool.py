@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS counters (
 );
 INSERT OR IGNORE INTO counters (name, value) VALUES ('dropped', 0);
 """
+#: Seconds between two "spool is full" warnings.
+EVICTION_LOG_INTERVAL = 60.0
 # Stay under SQLITE_MAX_VARIABLE_NUMBER of older SQLite builds (999).
 _CHUNK = 500
 
@@ -76,6 +78,8 @@ class Spool:
         self._dropped = 0
         # Drops we could not write down (disk full); added to the stored counter later.
         self._unsaved_dropped = 0
+        self._evicted_unlogged = 0
+        self._last_evict_log = -EVICTION_LOG_INTERVAL
         with self._lock:
             self._open()
 
@@ -112,9 +116,11 @@ class Spool:
             return []  # SQLite reads LIMIT -1 as "no limit"
         with self._lock:
             try:
-                rows = self._connection().execute(
-                    "SELECT seq, body FROM results ORDER BY seq LIMIT ?", (limit,)
-                ).fetchall()
+                rows = (
+                    self._connection()
+                    .execute("SELECT seq, body FROM results ORDER BY seq LIMIT ?", (limit,))
+                    .fetchall()
+                )
             except sqlite3.DatabaseError as exc:
                 if not _is_corrupt(exc):
                     raise
@@ -197,7 +203,18 @@ class Spool:
         self._dropped += newly_dropped
         self._unsaved_dropped = 0
         if evicted:
-            log.warning("spool %s is full: dropped the %d oldest result(s)", self._path, evicted)
+            self._evicted_unlogged += evicted
+            now = time.monotonic()
+            # While the server is away every append evicts: one line a minute is enough.
+            if now - self._last_evict_log >= EVICTION_LOG_INTERVAL:
+                log.warning(
+                    "spool %s is full (max_bytes %d): dropped the %d oldest result(s)",
+                    self._path,
+                    self._max_bytes,
+                    self._evicted_unlogged,
+                )
+                self._evicted_unlogged = 0
+                self._last_evict_log = now
 
     def _drop_new(self, rows: list[tuple[Any, str, int]], exc: sqlite3.DatabaseError) -> None:
         self._unsaved_dropped += len(rows)

@@ -110,7 +110,14 @@ def serve(
 )
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
 @click.option("--name", default=None, help="Worker name (default: host and pid).")
-def worker(queues: str, burst: bool, name: str | None) -> None:
+@click.option(
+    "--maintenance-interval",
+    default=30,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Seconds between registry clean-ups (retrying jobs of dead workers).",
+)
+def worker(queues: str, burst: bool, name: str | None, maintenance_interval: int) -> None:
     """Run an RQ worker for ingestion, event delivery and maintenance jobs."""
     from server.jobs.worker import run_worker
 
@@ -122,7 +129,11 @@ def worker(queues: str, burst: bool, name: str | None) -> None:
         )
     try:
         run_worker(
-            settings, [q.strip() for q in queues.split(",") if q.strip()], burst=burst, name=name
+            settings,
+            [q.strip() for q in queues.split(",") if q.strip()],
+            burst=burst,
+            name=name,
+            maintenance_interval=maintenance_interval,
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None

@@ -90,7 +90,11 @@ class Demo:
 
     def _spawn(self, argv: list[str], log_name: str) -> subprocess.Popen[bytes]:
         log = open(self.data_dir / log_name, "ab")  # closed when the process ends
-        process = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        # Own session: Ctrl-C reaches only the demo, which then stops the agent before
+        # the server, so the agent can hand its last results over.
+        process = subprocess.Popen(
+            argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.processes.append(process)
         return process
 

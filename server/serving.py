@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,21 @@ def _child_exit(_server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(worker.pid)
 
 
+def _post_worker_init(_worker: Any) -> None:
+    """On SIGTERM, answer parked long-polls at once instead of holding the graceful
+    shutdown for up to LONGPOLL_MAX_WAIT; gunicorn's own handler then runs as usual."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        from server.services.notify import release_all_waiters
+
+        release_all_waiters()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
 def _metrics_dir() -> str:
     """A fresh directory for prometheus-client's per-process files, set before any
     worker imports the library (it reads the variable at import time)."""
@@ -62,6 +78,7 @@ def run_gunicorn(
     _Gunicorn(
         {
             "child_exit": _child_exit,
+            "post_worker_init": _post_worker_init,
             "bind": bind,
             "workers": workers,
             "threads": threads,

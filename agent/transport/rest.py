@@ -86,9 +86,13 @@ class RestTransport:
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=_POOL_SIZE, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
-        session.verify = ca_cert if ca_cert else True
+        # Passed with every request rather than set on the session: requests lets
+        # REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE from the environment override session.verify,
+        # which would silently swap the configured CA for the system bundle.
+        self._verify: str | bool = ca_cert if ca_cert else True
+        self._cert: str | tuple[str, str] | None = None
         if client_cert:
-            session.cert = (client_cert, client_key) if client_key else client_cert
+            self._cert = (client_cert, client_key) if client_key else client_cert
         session.headers.update({"User-Agent": user_agent, "Accept": "application/json"})
         self._session = session
 
@@ -210,7 +214,7 @@ class RestTransport:
             response = self._session.request(
                 method, self.base_url + path, json=json, params=params, headers=all_headers,
                 timeout=timeout or (self.connect_timeout, self.timeout),
-                allow_redirects=False,
+                verify=self._verify, cert=self._cert, allow_redirects=False,
             )
         except requests.exceptions.SSLError as exc:
             raise TransportError(f"{call}: TLS error (check server.tls settings): {exc}") \

@@ -30,9 +30,10 @@ bp = Blueprint("agents", __name__, url_prefix="/api/v1")
 def heartbeat(agent_id: str, body: dict[str, Any]) -> dict[str, Any]:
     client = redis_client()
     session = db_session()
+    # Unknown targets get their 404 before anything is recorded for the sweep to chase.
+    target = get_target(session, agent_id)
     facts = {k: v for k, v in body.items() if v is not None}
     known_status = liveness.record_heartbeat(client, agent_id, facts)
-    target = get_target(session, agent_id)
     if known_status != "online":
         # Only transitions reach the database; Redis remembers the rest.
         if transition_status(session, agent_id, "online", when=datetime.now(UTC)):

@@ -60,9 +60,7 @@ def get_check(check_id: str) -> dict[str, Any]:
     auth="admin-write",
 )
 def update_check(check_id: str, body: dict[str, Any]) -> dict[str, Any]:
-    sent = request.get_json() or {}
-    changes = {k: v for k, v in body.items() if k in sent}
-    check = check_service.update_check(db_session(), check_id, changes)
+    check = check_service.update_check(db_session(), check_id, body)
     _changed()
     return check_service.check_to_dict(check)
 

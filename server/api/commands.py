@@ -10,7 +10,7 @@ from server.api import schemas
 from server.api.routing import route
 from server.db import db_session
 from server.errors import Conflict
-from server.extensions import notifier, redis_client
+from server.extensions import redis_client
 from server.services import commands
 from server.services.checks import checks_for_target
 from server.services.targets import get_target
@@ -35,5 +35,4 @@ def force_check(target_id: str, check_id: str) -> tuple[dict[str, Any], int]:
     command = commands.queue_command(
         redis_client(), target_id, {"type": "run_check", "check_id": check_id}
     )
-    notifier().publish(target_id)
     return {**command, "target_id": target_id}, 202

@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import UTC
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    missing,
+    validate,
+    validates_schema,
+)
 
 from server.api.fields import SLUG, Duration, Labels, Name, Text
 
@@ -137,11 +145,19 @@ class CheckCreate(StrictSchema):
 
 
 class CheckUpdate(CheckCreate):
-    """PATCH: every field optional, the id comes from the path."""
+    """PATCH: every field optional, the id comes from the path.
+
+    No field has a default either: only what was sent is loaded, so a default can neither
+    overwrite a stored value nor fail the timeout/interval rule against one.
+    """
 
     class Meta:
         unknown = RAISE
         exclude = ("id",)
+
+    def on_bind_field(self, field_name: str, field_obj: fields.Field) -> None:
+        field_obj.required = False
+        field_obj.load_default = missing
 
 
 class CheckReply(StrictSchema):

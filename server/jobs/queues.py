@@ -15,6 +15,9 @@ MAINTENANCE = "maintenance"
 ALL_QUEUES = (INGEST, EVENTS, MAINTENANCE)
 
 # Jobs are idempotent, so a retry after a crash or a database blip does no harm.
+# Ingest and delivery jobs take milliseconds; the timeout bounds how long a job of a
+# killed worker stays claimed before another worker retries it.
+JOB_TIMEOUT_S = 30
 DEFAULT_RETRY = Retry(max=5, interval=[1, 5, 15, 60, 300])
 
 
@@ -31,7 +34,13 @@ class JobQueues:
 
     def enqueue(self, queue: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Job:
         return self._queues[queue].enqueue(
-            func, *args, retry=DEFAULT_RETRY, failure_ttl=7 * 86400, result_ttl=3600, **kwargs
+            func,
+            *args,
+            retry=DEFAULT_RETRY,
+            job_timeout=JOB_TIMEOUT_S,
+            failure_ttl=7 * 86400,
+            result_ttl=3600,
+            **kwargs,
         )
 
     def fetch(self, job_id: str) -> Job | None:

@@ -83,6 +83,8 @@ def get_check(session: Session, check_id: str) -> Check:
 
 def update_check(session: Session, check_id: str, changes: dict[str, Any]) -> Check:
     check = get_check(session, check_id)
+    if "name" in changes and not changes["name"]:
+        changes = {**changes, "name": check.id}  # as at creation: no name means the id
     for name in CHECK_FIELDS:
         if name in changes:
             setattr(check, name, changes[name])

@@ -8,14 +8,20 @@ from typing import Any
 
 import redis
 
+from server.services import notify
+
 
 def _key(agent_id: str) -> str:
     return f"aami:commands:{agent_id}"
 
 
 def queue_command(client: redis.Redis, agent_id: str, command: dict[str, Any]) -> dict[str, Any]:
+    """Queue ``command`` and wake the agent's long-poll, in whichever process it is parked."""
     entry = {"id": str(uuid.uuid4()), **command}
-    client.rpush(_key(agent_id), json.dumps(entry))
+    with client.pipeline(transaction=False) as pipe:
+        pipe.rpush(_key(agent_id), json.dumps(entry))
+        pipe.publish(notify.CHANNEL, agent_id)
+        pipe.execute()
     return entry
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 
 import redis
 
@@ -19,6 +20,14 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "aami:changes"
 ALL_AGENTS = "*"
+
+_instances: weakref.WeakSet[ChangeNotifier] = weakref.WeakSet()
+
+
+def release_all_waiters() -> None:
+    """Let every parked long-poll in this process answer now (the process is stopping)."""
+    for notifier in list(_instances):
+        notifier.close()
 
 
 class ChangeNotifier:
@@ -30,6 +39,13 @@ class ChangeNotifier:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._subscribed = threading.Event()
+        self._closing = False
+        _instances.add(self)
+
+    def close(self) -> None:
+        with self._condition:
+            self._closing = True
+            self._condition.notify_all()
 
     def publish(self, agent_id: str = ALL_AGENTS) -> None:
         """Tell every process that ``agent_id`` (or everyone) should re-read its state."""
@@ -45,7 +61,7 @@ class ChangeNotifier:
         self._ensure_listening()
         deadline = time.monotonic() + timeout
         with self._condition:
-            while self._generation == since:
+            while self._generation == since and not self._closing:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

@@ -69,8 +69,10 @@ def register_agent(
             )
     target.hostname = request["hostname"]
     target.ip_address = request.get("ip_address") or target.ip_address
-    target.group_id = group_id if group_id is not None else target.group_id
-    target.labels = {**(target.labels or {}), **labels}
+    # An existing target's group and labels are the operator's (pre-registration, PATCH):
+    # the agent and its bootstrap token only fill in what the target does not have yet.
+    target.group_id = target.group_id or group_id
+    target.labels = {**labels, **(target.labels or {})}
     target.attributes = dict(request.get("metadata") or {})
     target.agent_version = request.get("agent_version") or target.agent_version
     target.registered_at = utcnow()

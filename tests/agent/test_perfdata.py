@@ -26,7 +26,9 @@ def test_empty_output() -> None:
 
 
 def test_first_line_perfdata_is_split_off() -> None:
-    text, perf = parse_plugin_output("DISK OK - free space: / 3326 MB (56%); | /=2643MB;5948;5958;0;5968")
+    text, perf = parse_plugin_output(
+        "DISK OK - free space: / 3326 MB (56%); | /=2643MB;5948;5958;0;5968"
+    )
     assert text == "DISK OK - free space: / 3326 MB (56%);"
     assert perf == [item("/", 2643.0, "MB", 5948.0, 5958.0, 0.0, 5968.0)]
 

@@ -57,8 +57,13 @@ class FakeExecutor:
         if self.fail_with is not None:
             raise self.fail_with
         return CheckResult(
-            result_id=f"{spec.id}-{record.started}", check_id=spec.id, status="ok",
-            exit_code=0, output="fine", perfdata=[], duration_ms=0,
+            result_id=f"{spec.id}-{record.started}",
+            check_id=spec.id,
+            status="ok",
+            exit_code=0,
+            output="fine",
+            perfdata=[],
+            duration_ms=0,
             executed_at="2026-01-01T00:00:00.000Z",
         )
 
@@ -71,10 +76,22 @@ class FakeExecutor:
             return [r for r in self.runs if r.check_id == check_id and r.ended]
 
 
-def check(check_id: str, interval: float = 0.1, sleep: float = 0.0, timeout: float = 5.0,
-          command: tuple[str, ...] = ("/bin/true",), name: str = "") -> CheckSpec:
-    return CheckSpec(id=check_id, name=name or check_id, command=command, interval=interval,
-                     timeout=timeout, env={"SLEEP": str(sleep)})
+def check(
+    check_id: str,
+    interval: float = 0.1,
+    sleep: float = 0.0,
+    timeout: float = 5.0,
+    command: tuple[str, ...] = ("/bin/true",),
+    name: str = "",
+) -> CheckSpec:
+    return CheckSpec(
+        id=check_id,
+        name=name or check_id,
+        command=command,
+        interval=interval,
+        timeout=timeout,
+        env={"SLEEP": str(sleep)},
+    )
 
 
 @pytest.fixture
@@ -88,7 +105,9 @@ def results() -> list[CheckResult]:
 
 
 @pytest.fixture
-def make_scheduler(fake: FakeExecutor, results: list[CheckResult]) -> Iterator[Callable[..., Scheduler]]:
+def make_scheduler(
+    fake: FakeExecutor, results: list[CheckResult]
+) -> Iterator[Callable[..., Scheduler]]:
     made: list[Scheduler] = []
 
     def make(max_concurrent: int = 4, seed: str = SEED, **kwargs: object) -> Scheduler:
@@ -135,7 +154,9 @@ def test_splay_is_bounded_by_interval_and_sixty_seconds_and_spread() -> None:
     assert max(hourly) > 55
 
 
-def test_first_run_waits_for_its_splay(make_scheduler: Callable[..., Scheduler], fake: FakeExecutor) -> None:
+def test_first_run_waits_for_its_splay(
+    make_scheduler: Callable[..., Scheduler], fake: FakeExecutor
+) -> None:
     scheduler = make_scheduler()
     specs = [check(f"c{n}", interval=0.5) for n in range(4)]
     scheduler.update(specs)

@@ -80,3 +80,21 @@ def bearer(token: str) -> dict[str, str]:
 
 def new_agent_id() -> str:
     return str(uuid.uuid4())
+
+
+def assert_error(reply: Any, status: int, code: str, mentions: str = "") -> str:
+    """Assert ``reply`` is the documented JSON error; returns its message.
+
+    ``mentions`` must appear (case-insensitively) in the message, so a test can insist that
+    the message names the problem (a field, a token state, a header).
+    """
+    assert reply.status_code == status, (reply.status_code, reply.get_data(as_text=True))
+    assert reply.is_json, reply.headers.get("Content-Type")
+    body = reply.get_json()
+    assert set(body) == {"error"}, body
+    assert {"code", "message"} <= set(body["error"]), body
+    assert body["error"]["code"] == code, body
+    message: str = body["error"]["message"]
+    assert message, body
+    assert mentions.lower() in message.lower(), (mentions, message)
+    return message
