@@ -27,7 +27,7 @@ import stat
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from agent import limits as rlimits
@@ -94,7 +94,6 @@ class Executor:
         self._allowed_dirs = tuple(os.path.realpath(p) for p in allowed_paths)
         self._default_limits = default_limits
         self._output_limit = output_limit_bytes
-        self._is_root = os.geteuid() == 0
 
     @property
     def allowed_paths(self) -> tuple[str, ...]:
@@ -129,7 +128,7 @@ class Executor:
         if not spec.timeout > 0:
             raise _Refused(f"invalid timeout {spec.timeout!r}")
         path = self._resolve(spec.command[0])
-        mode = _check_executable(path)
+        _check_executable(path)
         env = _build_env(spec.env)
         limits = _merged_limits(spec.limits, self._default_limits)
         try:
@@ -137,10 +136,6 @@ class Executor:
         except ValueError as exc:
             raise _Refused(str(exc)) from None
 
-        # prlimit after spawn keeps subprocess on its vfork fast path (see agent/limits.py);
-        # a set-user-ID plugin cannot be changed from outside unless we are root.
-        setid = bool(mode & (stat.S_ISUID | stat.S_ISGID)) and not self._is_root
-        preexec: Callable[[], None] | None = rlimits.make_preexec(limits) if setid else None
         argv = [spec.command[0], *spec.command[1:]]
         try:
             proc = subprocess.Popen(
@@ -152,7 +147,7 @@ class Executor:
                 env=env,
                 cwd="/",
                 start_new_session=True,
-                preexec_fn=preexec,
+                preexec_fn=rlimits.make_preexec(limits),
                 bufsize=0,
             )
         except subprocess.SubprocessError as exc:
@@ -161,7 +156,7 @@ class Executor:
         except OSError as exc:
             raise _Refused(f"cannot execute {path}: {exc.strerror or exc}") from None
         try:
-            return self._supervise(proc, spec, limits, started, applied=preexec is not None)
+            return self._supervise(proc, spec, started)
         finally:
             # Whatever went wrong above, no plugin outlives its supervision.
             if proc.returncode is None:
@@ -198,19 +193,8 @@ class Executor:
         self,
         proc: subprocess.Popen[bytes],
         spec: CheckSpec,
-        limits: ResourceLimits,
         started: float,
-        applied: bool,
     ) -> tuple[int, str, list[dict]]:
-        if not applied:
-            try:
-                rlimits.apply_to_process(proc.pid, limits)
-            except ProcessLookupError:
-                pass  # finished before we got to it: nothing left to limit
-            except OSError as exc:
-                _kill_group(proc)
-                raise _Refused(f"could not apply resource limits: {exc}") from None
-
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
         deadline = started + spec.timeout
@@ -367,8 +351,8 @@ def _merged_limits(own: ResourceLimits, defaults: ResourceLimits) -> ResourceLim
     return own.merged_over(defaults)
 
 
-def _check_executable(path: str) -> int:
-    """The file mode of ``path`` if it is an executable regular file; else _Refused."""
+def _check_executable(path: str) -> None:
+    """Raise _Refused unless ``path`` is an executable regular file."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -379,7 +363,6 @@ def _check_executable(path: str) -> int:
         raise _Refused(f"command is not a regular file: {path}")
     if not os.access(path, os.X_OK):
         raise _Refused(f"command is not executable: {path}")
-    return st.st_mode
 
 
 def _build_env(extra: Mapping[str, str]) -> dict[str, str]:

@@ -1,21 +1,22 @@
-"""Resource limits (setrlimit) for check processes.
+"""Resource limits (setrlimit) for check processes, applied in the child before exec.
 
-Two ways to apply the same limits, chosen by the executor:
+The limits are set by a ``preexec_fn``, between fork and exec, so the plugin and everything
+it starts inherit them from its first instruction. Two cheaper routes were measured and
+rejected:
 
-* ``apply_to_process(pid, ...)`` sets them with ``prlimit(2)`` right after the plugin was
-  spawned. This keeps ``subprocess`` on its ``vfork()`` fast path: any ``preexec_fn`` forces
-  a full ``fork()`` of the agent, which measured 2.2x to 3.4x the cost of a bare ``Popen``
-  (growing with the agent's resident size) against ~1.0x for this route. The price is a
-  window of a few microseconds in which the freshly exec'd plugin (still inside the dynamic
-  loader) runs unlimited, which no plugin can usefully exploit: plugins are trusted
-  binaries from the allowed paths, the limits are a safety net against runaways.
-* ``make_preexec(...)`` sets them in the child between fork and exec. ``prlimit(2)`` is
-  refused (EPERM) on a set-user-ID plugin such as ``check_icmp`` when the agent is not
-  root, so those take this slower, race-free route.
+* ``prlimit(2)`` on the child right after ``Popen`` returns keeps ``subprocess`` on its
+  ``vfork()`` fast path (~1.0x a bare ``Popen`` instead of 2.2x to 3.4x for a ``preexec_fn``,
+  which forces a full ``fork()`` of the agent), but it races the plugin: a shell-script
+  plugin routinely forks its first command before the parent thread gets the CPU back, and
+  that command then runs unlimited (the test suite caught it). It also fails with EPERM on
+  set-user-ID plugins such as ``check_icmp`` when the agent is not root.
+* a trampoline (``prlimit --as=... -- plugin`` or ``sh -c 'ulimit ...; exec "$0" "$@"'``)
+  costs an extra exec (1.7x to 2.0x) and depends on external tools whose flags differ
+  between implementations.
 
-Both apply soft = hard so a plugin cannot raise its own limits again, except for CPU where
-the hard limit is one second above the soft one: the kernel sends SIGXCPU at the soft limit
-and SIGKILL at the hard one, so a plugin gets a chance to report before it dies.
+Both limits are set with soft = hard so a plugin cannot raise its own limits again, except
+for CPU where the hard limit is one second above the soft one: the kernel sends SIGXCPU at
+the soft limit and SIGKILL at the hard one, so a plugin gets a chance to report first.
 """
 
 from __future__ import annotations
@@ -99,13 +100,3 @@ def make_preexec(limits: ResourceLimits) -> Callable[[], None]:
             setrlimit(which, values)
 
     return apply_limits
-
-
-def apply_to_process(pid: int, limits: ResourceLimits) -> None:
-    """Set ``limits`` on the running process ``pid`` with prlimit(2).
-
-    Raises ProcessLookupError if it already exited and PermissionError if it is not ours
-    to change (a set-user-ID program, when the agent is not root).
-    """
-    for which, values in rlimit_settings(limits):
-        resource.prlimit(pid, which, values)

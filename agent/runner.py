@@ -173,9 +173,9 @@ class Agent:
 
     def run(self) -> int:
         """Start, then serve reload and stop requests until stopped; returns the exit code."""
+        log.info("agent starting", extra={"agent_id": self.agent_id, "version": self.version,
+                                          "server": self.config.server.address})
         self.start()
-        log.info("agent started", extra={"agent_id": self.agent_id, "version": self.version,
-                                         "server": self.config.server.address})
         while not self._stop.is_set():
             # A timeout keeps the main thread responsive to signals on every platform.
             self._stop.wait(1.0)

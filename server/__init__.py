@@ -23,7 +23,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
 
 def init_extensions(app: Flask, settings: Settings) -> None:
-    from server.jobs import context
+    from server.jobs import context, sinks
     from server.jobs.queues import JobQueues
     from server.redis_conn import connect
     from server.services.notify import ChangeNotifier
@@ -38,9 +38,10 @@ def init_extensions(app: Flask, settings: Settings) -> None:
     from server import metrics
 
     metrics.init_app(app, database, client)
-    if settings.embedded:
-        # Jobs run inline in this process: give them this app's database and Redis.
-        context.configure(settings, database, client)
+    # Jobs run inline here when embedded, and event sinks queue deliveries from requests:
+    # both use this app's database and Redis.
+    context.configure(settings, database, client)
+    sinks.install()
 
 
 def register_blueprints(app: Flask) -> None:

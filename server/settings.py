@@ -44,12 +44,17 @@ class Settings:
     MAX_RESULTS_PER_BATCH: int = 500
     MAX_OUTPUT_LENGTH: int = 16384
     RESULT_RETENTION_DAYS: int = 30
+    # Comma-separated http(s) URLs that receive every event as a CloudEvent.
+    EVENT_WEBHOOKS: str = ""
     LOG_LEVEL: str = "info"
     LOG_FORMAT: str = "json"
 
     @property
     def embedded(self) -> bool:
         return not self.REDIS_URL
+
+    def event_webhook_urls(self) -> list[str]:
+        return [url.strip() for url in self.EVENT_WEBHOOKS.split(",") if url.strip()]
 
     def database_url(self) -> str:
         if self.DATABASE_URL:
@@ -115,6 +120,9 @@ def _validate(settings: Settings) -> None:
         ("redis://", "rediss://", "unix://")
     ):
         raise SettingsError(f"{ENV_PREFIX}REDIS_URL: expected a redis:// or rediss:// URL")
+    for url in settings.event_webhook_urls():
+        if not url.startswith(("http://", "https://")):
+            raise SettingsError(f"{ENV_PREFIX}EVENT_WEBHOOKS: {url!r} is not an http(s) URL")
     if settings.SECRET_KEY and len(settings.SECRET_KEY) < 32:
         raise SettingsError(f"{ENV_PREFIX}SECRET_KEY: must be at least 32 characters long")
     if settings.OFFLINE_AFTER_INTERVALS <= settings.STALE_AFTER_INTERVALS:

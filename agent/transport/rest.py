@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,8 @@ LONG_POLL_MARGIN = 15.0
 MAX_RETRY_AFTER = 3600.0
 # The heartbeat, assignment and result loops each hold at most one connection.
 _POOL_SIZE = 4
+
+_POOL_PREFIX = re.compile(r"^\w*Connection(?:Pool)?\(host=[^)]*\): ")
 
 _ErrorMap = Mapping[int, type[TransportError]]
 _DEFAULT_ERRORS: _ErrorMap = {401: AuthError, 403: Forbidden, 404: NotRegistered}
@@ -209,7 +212,7 @@ class RestTransport:
         all_headers = dict(headers or {})
         if token:
             all_headers["Authorization"] = f"Bearer {token}"
-        call = f"{method} {path}"
+        call = f"{method} {self.base_url}{path}"
         try:
             response = self._session.request(
                 method, self.base_url + path, json=json, params=params, headers=all_headers,
@@ -217,12 +220,12 @@ class RestTransport:
                 verify=self._verify, cert=self._cert, allow_redirects=False,
             )
         except requests.exceptions.SSLError as exc:
-            raise TransportError(f"{call}: TLS error (check server.tls settings): {exc}") \
-                from exc
+            raise TransportError(
+                f"{call}: TLS error (check server.tls settings): {_reason(exc)}") from exc
         except requests.exceptions.Timeout as exc:
-            raise TransportError(f"{call}: timed out: {exc}") from exc
+            raise TransportError(f"{call}: timed out ({_reason(exc)})") from exc
         except requests.exceptions.RequestException as exc:
-            raise TransportError(f"{call}: {exc}") from exc
+            raise TransportError(f"{call}: {_reason(exc)}") from exc
         if response.status_code in ok:
             return response
         raise _error_for(response, call, errors)
@@ -239,6 +242,14 @@ class RestTransport:
             raise TransportError(f"{response.request.method} {response.url}: "
                                  "the reply is not a JSON object")
         return body
+
+
+def _reason(exc: requests.exceptions.RequestException) -> str:
+    """The useful part of a requests error, without urllib3's pool and retry wrapping."""
+    cause = exc.args[0] if exc.args else exc
+    text = str(getattr(cause, "reason", None) or cause)
+    # "HTTPConnectionPool(host='x', port=1): Max retries exceeded ..." -> the part after it
+    return _POOL_PREFIX.sub("", text)
 
 
 def _error_for(response: requests.Response, call: str, errors: _ErrorMap) -> TransportError:

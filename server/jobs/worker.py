@@ -8,7 +8,7 @@ from rq import SimpleWorker
 from rq.job import Job
 
 from server.db import Database
-from server.jobs import context
+from server.jobs import context, sinks
 from server.jobs.queues import ALL_QUEUES, JobQueues
 from server.logs import configure_logging
 from server.redis_conn import connect
@@ -48,6 +48,7 @@ def run_worker(
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     client = connect(settings.REDIS_URL, settings.DATA_DIR)
     context.configure(settings, Database(settings.database_url()), client)
+    sinks.install()
     queues = JobQueues(client, inline=False)
     # SimpleWorker runs jobs in this process: forking per job caps throughput at a few
     # hundred jobs a second, and every job here is short and idempotent.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import resource
-import stat
 import subprocess
 import time
 import uuid
@@ -374,16 +373,6 @@ def test_check_limits_override_defaults_field_by_field(
     assert limits["Max open files"] == "64"
     assert limits["Max processes"] == "50"
     assert limits["Max address space"] == str(512 * 1024 * 1024)  # default kept
-
-
-def test_set_user_id_plugins_get_their_limits_before_exec(
-    executor: Executor, make_plugin: MakePlugin, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # As non-root, prlimit(2) cannot touch a setuid program: the preexec route is taken.
-    monkeypatch.setattr(executor, "_is_root", False)
-    path = make_plugin("suid", "cat /proc/self/limits", mode=0o755 | stat.S_ISUID)
-    result = executor.run(spec(path, limits=ResourceLimits(open_files=77)))
-    assert read_limits(result.output)["Max open files"] == "77"
 
 
 def test_memory_limit_stops_a_plugin_allocating_a_gigabyte(

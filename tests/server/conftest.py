@@ -74,6 +74,19 @@ def register(client: FlaskClient, make_bootstrap_token: Callable[..., str]) -> C
     return do_register
 
 
+@pytest.fixture
+def make_group(client: FlaskClient, admin_headers: dict[str, str]) -> Callable[..., Any]:
+    """Create a group through the API; returns the JSON reply (asserting a 201)."""
+
+    def make(group_id: str, **fields: Any) -> dict[str, Any]:
+        body = {"id": group_id, **fields}
+        reply = client.post("/api/v1/groups", json=body, headers=admin_headers)
+        assert reply.status_code == 201, reply.get_json()
+        return reply.get_json()  # type: ignore[no-any-return]
+
+    return make
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 

@@ -118,11 +118,10 @@ def test_register_with_known_agent_id_and_its_refresh_token_reconnects(
 
 
 def test_register_preregistered_target_connects_and_keeps_the_operators_group_and_labels(
-    app, client, make_bootstrap_token, admin_headers
+    make_group, app, client, make_bootstrap_token, admin_headers
 ):
-    for group in ("db", "web"):
-        created = client.post("/api/v1/groups", json={"id": group}, headers=admin_headers)
-        assert created.status_code == 201
+    make_group("db")
+    make_group("web")
     agent_id = new_agent_id()
     made = client.post(
         "/api/v1/targets",
@@ -159,9 +158,9 @@ def test_register_preregistered_target_connects_and_keeps_the_operators_group_an
 
 
 def test_register_preregistered_target_without_group_joins_the_tokens_group(
-    client, make_bootstrap_token, admin_headers
+    make_group, client, make_bootstrap_token, admin_headers
 ):
-    assert client.post("/api/v1/groups", json={"id": "web"}, headers=admin_headers).status_code == 201
+    make_group("web")
     agent_id = new_agent_id()
     made = client.post(
         "/api/v1/targets", json={"id": agent_id, "hostname": "web-9"}, headers=admin_headers
@@ -284,9 +283,9 @@ def test_register_after_the_token_family_was_revoked_needs_no_proof(
 
 
 def test_registered_target_inherits_the_tokens_group_and_labels(
-    client, make_bootstrap_token, admin_headers
+    make_group, client, make_bootstrap_token, admin_headers
 ):
-    assert client.post("/api/v1/groups", json={"id": "web"}, headers=admin_headers).status_code == 201
+    make_group("web")
     token = make_bootstrap_token(group_id="web", labels={"env": "prod", "team": "ops"})
     reply = client.post(
         REGISTER, json={"token": token, "hostname": "h", "labels": {"env": "dev", "dc": "dc1"}}
@@ -320,7 +319,9 @@ def test_token_allows_exactly_max_uses_registrations(app, client, make_bootstrap
     assert _target_count(app) == 3
 
 
-def test_refused_registration_does_not_use_up_the_token(app, client, register, make_bootstrap_token):
+def test_refused_registration_does_not_use_up_the_token(
+    app, client, register, make_bootstrap_token
+):
     owner = register(agent_id=new_agent_id())
     token = make_bootstrap_token(max_uses=1)
     refused = client.post(
@@ -337,7 +338,12 @@ def test_refused_registration_does_not_use_up_the_token(app, client, register, m
 # --- refused tokens ------------------------------------------------------------------------------
 
 TOKEN_STATES = ("unknown", "expired", "revoked", "exhausted")
-TOKEN_WORDS = {"unknown": "unknown", "expired": "expired", "revoked": "revoked", "exhausted": "used"}
+TOKEN_WORDS = {
+    "unknown": "unknown",
+    "expired": "expired",
+    "revoked": "revoked",
+    "exhausted": "used",
+}
 
 
 @pytest.mark.parametrize("state", TOKEN_STATES)
