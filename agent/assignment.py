@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from agent.transport.base import Assignment
 
 log = logging.getLogger(__name__)
 
-_LIMIT_KEYS = ("cpu_seconds", "memory_mb", "open_files", "file_size_mb", "processes")
+_LIMIT_KEYS = tuple(f.name for f in fields(ResourceLimits))
 
 
 class InvalidCheck(ValueError):

@@ -24,6 +24,7 @@ from agent.errors import (
     Forbidden,
     InvalidRefreshToken,
     NotRegistered,
+    RegistrationOnHold,
     RegistrationRejected,
     TransportError,
 )
@@ -32,10 +33,6 @@ from agent.transport.base import Registration, TokenGrant, Transport
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class RegistrationOnHold(TransportError):
-    """A recent registration attempt failed; the next one is not due yet."""
 
 
 class Authenticator:

@@ -8,11 +8,12 @@ Relative paths are resolved against the directory of the configuration file.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NoReturn
@@ -27,7 +28,7 @@ from agent.model import ResourceLimits
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("json", "text")
 _SECTIONS = ("server", "agent", "heartbeat", "checks", "results", "spool", "logging")
-_LIMIT_KEYS = ("cpu_seconds", "memory_mb", "open_files", "file_size_mb", "processes")
+_LIMIT_KEYS = tuple(f.name for f in fields(ResourceLimits))
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kb": 1024, "kib": 1024, "mb": 1024**2, "mib": 1024**2,
                "gb": 1024**3, "gib": 1024**3}
@@ -165,11 +166,13 @@ def _read_text(source: str) -> str:
         raise ConfigError(f"{source}: cannot read the configuration file ({exc})") from None
 
 
-def _parse_yaml(source: str, text: str) -> dict[Any, Any]:
+@functools.cache
+def _strict_loader() -> type:
+    """A yaml SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
     import yaml  # imported here: commands that never read the config skip its cost
 
     class StrictLoader(yaml.SafeLoader):
-        """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+        pass
 
     def construct_mapping(loader: StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
         loader.flatten_mapping(node)
@@ -177,9 +180,8 @@ def _parse_yaml(source: str, text: str) -> dict[Any, Any]:
         for key_node, _ in node.value:
             key = loader.construct_object(key_node)
             if isinstance(key, str) and key in seen:
-                mark = key_node.start_mark
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", mark
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
                 )
             seen.add(key)
         return loader.construct_mapping(node)
@@ -187,8 +189,14 @@ def _parse_yaml(source: str, text: str) -> dict[Any, Any]:
     StrictLoader.add_constructor(
         yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping
     )
+    return StrictLoader
+
+
+def _parse_yaml(source: str, text: str) -> dict[Any, Any]:
+    import yaml
+
     try:
-        data = yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_strict_loader())  # a SafeLoader: no arbitrary tags
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
@@ -207,7 +215,7 @@ def _parse_yaml(source: str, text: str) -> dict[Any, Any]:
 
 
 def _build(path: Path, data: dict[Any, Any], *, check_files: bool) -> Config:
-    root = _Section(str(path), path.parent, "", data)
+    root = _Section(str(path), path.absolute().parent, "", data)
     # A misspelt section name explains every error that would follow from it: say it first.
     root.reject_unknown(_SECTIONS)
     server = _build_server(root.section("server"), check_files=check_files)

@@ -67,6 +67,10 @@ class RegistrationRejected(TransportError):
     """
 
 
+class RegistrationOnHold(TransportError):
+    """A recent registration attempt was refused; the next one is not due yet."""
+
+
 class RequestRejected(TransportError):
     """The server refused the request itself (malformed, too large, invalid fields).
 

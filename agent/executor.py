@@ -275,8 +275,7 @@ def _read_until(fd: int, deadline: float, output: _CappedBuffer) -> bool:
         if remaining <= 0:
             return False
         # poll() takes milliseconds; round up so we never spin on a sub-millisecond rest.
-        if not poller.poll(int(remaining * 1000) + 1):
-            continue
+        pass
         chunk = os.read(fd, _READ_CHUNK)
         if not chunk:
             return True

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from typing import IO, Any
+
+from agent.executor import iso_utc
 
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD_ATTRS = frozenset(
@@ -24,17 +25,12 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS}
 
 
-def _timestamp(created: float) -> str:
-    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
-    return f"{whole}.{int(created % 1 * 1000):03d}Z"
-
-
 class JsonFormatter(logging.Formatter):
     """``{"ts", "level", "logger", "msg", ...extra, "exc"?}`` on a single line."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": _timestamp(record.created),
+            "ts": iso_utc(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -49,7 +45,7 @@ class TextFormatter(logging.Formatter):
     """``ts LEVEL logger: msg key=value ...`` with the traceback, if any, below."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = (f"{_timestamp(record.created)} {record.levelname:<7} "
+        line = (f"{iso_utc(record.created)} {record.levelname:<7} "
                 f"{record.name}: {record.getMessage()}")
         extras = _extras(record)
         if extras:

@@ -19,6 +19,7 @@ main thread does the actual work in :meth:`Agent.run`.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -122,7 +123,14 @@ class Agent:
             registration_for(config, self.agent_id),
         )
         self._executor = _SwappableExecutor(executor or build_executor(config))
-        self.spool = Spool(state_dir / defaults.SPOOL_FILE, config.spool.max_bytes)
+        spool_path = state_dir / defaults.SPOOL_FILE
+        try:
+            self.spool = Spool(spool_path, config.spool.max_bytes)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(
+                f"{config.path}: agent.state_dir: cannot open the result spool {spool_path} "
+                f"({exc})"
+            ) from exc
         self.scheduler = Scheduler(self._executor, self._on_result,
                                    config.checks.max_concurrent, splay_seed=self.agent_id)
         self.cache = AssignmentCache(state_dir / defaults.ASSIGNMENT_FILE)
@@ -240,7 +248,8 @@ class Agent:
             log.error("configuration not reloaded, keeping the running one: %s", exc)
             return
         fixed = {
-            "server": (old.server, new.server),
+            "server.address": (old.server.address, new.server.address),
+            "server.tls": (old.server.tls, new.server.tls),
             "agent.id_file": (old.agent.id_file, new.agent.id_file),
             "agent.state_dir": (old.agent.state_dir, new.agent.state_dir),
             "heartbeat.timeout": (old.heartbeat.timeout, new.heartbeat.timeout),
@@ -256,8 +265,8 @@ class Agent:
             if new.checks.max_concurrent != old.checks.max_concurrent:
                 self.scheduler.set_max_concurrent(new.checks.max_concurrent)
         self.config = new
-        # Labels, hostname and group are sent at registration: they apply from the next
-        # one (the wire contract has no call to change them in between).
+        # The bootstrap token, labels, hostname and group are sent at registration: they
+        # apply from the next one (the wire contract has no call to change them between).
         self.auth.set_registration(registration_for(new, self.agent_id))
         if self._assignment is not None and (
             new.checks.default_timeout != old.checks.default_timeout
@@ -279,6 +288,9 @@ class Agent:
                 if self._stop.is_set():
                     return  # failures caused by shutting down (closed transport) are moot
                 delay = self._failed(name, exc, backoff)
+                if isinstance(exc, RetryLater):
+                    self._stop.wait(delay)  # the server said when: no wake-up may hurry it
+                    continue
             if delay > 0:
                 wake.wait(delay)
             wake.clear()
@@ -409,7 +421,9 @@ class Agent:
             return
         with self._lock:
             self._unsent += 1
-            full = self._unsent >= self.config.results.batch_size
+            # Wake the sender once per full batch, not for every result after it: while the
+            # server is away, that would turn each new result into a retry.
+            full = self._unsent % self.config.results.batch_size == 0
         if full:
             self._wake_sender.set()
 
@@ -537,7 +551,7 @@ def _fetch_for_once(
             result = auth.call(
                 lambda c: transport.fetch_checks(c.agent_id, c.access_token, None, 0))
     except AgentError as exc:
-        return None, f"server not reachable: {exc}"
+        return None, f"no assignment from the server: {exc}"
     if not isinstance(result, Assignment):
         return None, "the server sent no assignment"
     return result, f"server {config.server.address} (config version {result.config_version})"

@@ -73,7 +73,8 @@ def delete_check(check_id: str) -> Response:
 
 
 def _etag_matches(version: str) -> bool:
-    return version in request.if_none_match
+    # Weak comparison (RFC 9110): a compressing proxy turns our ETag into W/"...".
+    return request.if_none_match.contains_weak(version)
 
 
 @route(
@@ -88,7 +89,6 @@ def _etag_matches(version: str) -> bool:
 )
 def assigned_checks(agent_id: str, query: dict[str, Any]) -> Response:
     session = db_session()
-    target = get_target(session, agent_id)
     wait = min(query["wait"], settings().LONGPOLL_MAX_WAIT)
     if wait > 0:
         # Jitter spreads expiries so a fleet's polls do not all return in the same second.
@@ -98,6 +98,8 @@ def assigned_checks(agent_id: str, query: dict[str, Any]) -> Response:
     while True:
         generation = changes.generation() if wait > 0 else 0
         session.expire_all()
+        # Read the target afresh each round: it may have changed, or gone (404), meanwhile.
+        target = get_target(session, agent_id)
         assignment = check_service.agent_assignment(session, target)
         version = assignment["config_version"]
         pending = wait > 0 and commands.has_commands(redis_client(), agent_id)

@@ -50,7 +50,12 @@ def register_error_handlers(app: Flask) -> None:
         status = exc.code or 500
         if status >= 500:
             log.error("http error", extra={"status": status, "description": exc.description})
-        return _reply(status, _HTTP_CODES.get(status, "error"), exc.description or exc.name)
+        response, _ = _reply(status, _HTTP_CODES.get(status, "error"), exc.description or exc.name)
+        # Keep the headers the status needs (Allow on a 405), not the HTML content type.
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response, status
 
     @app.errorhandler(IntegrityError)
     def integrity_error(exc: IntegrityError) -> tuple[Response, int]:

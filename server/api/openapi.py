@@ -11,7 +11,7 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
 from server.api import schemas
-from server.api.routing import REGISTRY, RouteDoc
+from server.api.routing import REGISTRY, RouteDoc, route
 
 bp = Blueprint("openapi", __name__, url_prefix="/api/v1")
 
@@ -43,6 +43,7 @@ def _operation(doc: RouteDoc) -> dict[str, Any]:
             "content": {"application/json": {"schema": doc.body}},
         }
     responses: dict[str, Any] = {}
+    error = {"content": {"application/json": {"schema": schemas.ErrorReply}}}
     if doc.reply:
         schema: Any = doc.reply
         if doc.reply_many:
@@ -50,10 +51,10 @@ def _operation(doc: RouteDoc) -> dict[str, Any]:
         body = {"content": {"application/json": {"schema": schema}}}
         responses[str(doc.status)] = {"description": "success", **body}
         for code, text in doc.extra_statuses.items():
-            responses[str(code)] = {"description": text, **(body if code < 300 else {})}
+            content = body if code < 300 else error if code >= 400 else {}
+            responses[str(code)] = {"description": text, **content}
     else:
         responses[str(doc.status)] = {"description": "success"}
-    error = {"content": {"application/json": {"schema": schemas.ErrorReply}}}
     for code, text in _ERROR_STATUSES.items():
         responses.setdefault(str(code), {"description": text, **error})
     operation["responses"] = responses
@@ -76,6 +77,6 @@ def build_spec() -> dict[str, Any]:
     return spec.to_dict()
 
 
-@bp.get("/openapi.json")
+@route(bp, "/openapi.json", "GET", summary="This document (OpenAPI 3)", auth="none")
 def openapi_document() -> ResponseReturnValue:
     return jsonify(build_spec())

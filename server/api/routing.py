@@ -38,11 +38,18 @@ REGISTRY: list[RouteDoc] = []
 
 
 def _json_body() -> Any:
+    # Content type first: werkzeug consumes a form body, which would then look empty.
+    if not request.is_json:
+        raise BadRequest(
+            f"Content-Type must be application/json, not {request.mimetype or 'missing'!r}",
+            code="unsupported_media_type",
+        )
     if not request.data:
         raise BadRequest("request body is empty: send a JSON object", code="malformed_json")
-    if not request.is_json:
-        raise BadRequest("Content-Type must be application/json", code="unsupported_media_type")
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply", code="malformed_json") from None
     if data is None:
         raise BadRequest("request body is not valid JSON", code="malformed_json")
     if not isinstance(data, dict):

@@ -21,6 +21,8 @@ MAX_TOKEN_LENGTH = 512
 # The agent caps output at 16 KiB by default; leave room for a truncation marker.
 MAX_OUTPUT_LENGTH = 65536
 STATUSES = ("ok", "warning", "critical", "unknown")
+# Integers stored in 32-bit columns (PostgreSQL INTEGER): larger ones are a 422, not a 500.
+MAX_INT = 2**31 - 1
 
 
 class StrictSchema(Schema):
@@ -225,7 +227,7 @@ class TargetListQuery(StrictSchema):
     group_id = Text(64)
     hostname = Text(255)
     limit = fields.Integer(validate=validate.Range(min=1, max=10000), load_default=1000)
-    offset = fields.Integer(validate=validate.Range(min=0), load_default=0)
+    offset = fields.Integer(validate=validate.Range(min=0, max=MAX_INT), load_default=0)
 
 
 class CheckStateReply(StrictSchema):
@@ -276,7 +278,7 @@ class AgentResult(StrictSchema):
     perfdata = fields.List(
         fields.Nested(Perfdata), validate=validate.Length(max=100), load_default=list
     )
-    duration_ms = fields.Integer(validate=validate.Range(min=0), load_default=0)
+    duration_ms = fields.Integer(validate=validate.Range(min=0, max=MAX_INT), load_default=0)
     executed_at = fields.AwareDateTime(required=True, default_timezone=UTC)
 
 
@@ -316,7 +318,9 @@ class BootstrapTokenCreate(StrictSchema):
     name = Name(200, required=True)
     group_id = Text(64, allow_none=True, load_default=None)
     labels = Labels(load_default=dict)
-    max_uses = fields.Integer(validate=validate.Range(min=1), allow_none=True, load_default=None)
+    max_uses = fields.Integer(
+        validate=validate.Range(min=1, max=MAX_INT), allow_none=True, load_default=None
+    )
     expires_in = Duration(minimum=60, maximum=10 * 365 * 86400, allow_none=True, load_default=None)
     agent_id = fields.UUID(allow_none=True, load_default=None)
 

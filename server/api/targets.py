@@ -111,6 +111,7 @@ def delete_target(target_id: str) -> Response:
     session.delete(target)
     session.commit()
     liveness.forget(redis_client(), target_id)
+    notifier().publish(target_id)  # a parked long-poll answers 404 now, not at its deadline
     return Response(status=204)
 
 

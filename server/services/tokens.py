@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -45,6 +46,14 @@ def create_bootstrap_token(
             f"group {group_id!r} does not exist: create it first",
             fields={"group_id": ["unknown group"]},
         )
+    if agent_id is not None:
+        try:
+            agent_id = str(uuid.UUID(agent_id))  # the spelling registration compares with
+        except ValueError:
+            raise InvalidFields(
+                f"agent id {agent_id!r} is not a UUID (see /etc/aami/agent-id on the host)",
+                fields={"agent_id": ["not a valid UUID"]},
+            ) from None
     secret = new_secret(BOOTSTRAP_PREFIX)
     row = BootstrapToken(
         name=name,

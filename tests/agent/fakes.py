@@ -41,7 +41,8 @@ class FakeServer:
         self._cond = threading.Condition()
         self.down = False  # every call fails as if the network were gone
         self.push_error: Exception | None = None  # push_results raises this
-        self.reject_result_ids: set[str] = set()  # entries refused inside a 202
+        self.reject_check_ids: set[str] = set()  # their results are refused inside a 202
+        self.rejected: list[str] = []  # result ids refused that way
         self.heartbeat_interval: float | None = None
         self.registrations: list[Registration] = []
         self.refreshes = 0
@@ -53,12 +54,12 @@ class FakeServer:
         self._refresh: set[str] = set()
         self._known_agents: set[str] = set()
         self._commands: list[Command] = []
-        self._checks: list[dict[str, Any]] = []
+        self._checks: list[Any] = []
         self._version = 0
 
     # -- controls for tests ----------------------------------------------------------
 
-    def assign(self, checks: list[dict[str, Any]]) -> None:
+    def assign(self, checks: list[Any]) -> None:
         with self._cond:
             self._checks = checks
             self._version += 1
@@ -183,9 +184,10 @@ class FakeServer:
             if len(results) > 500:
                 raise RequestRejected("HTTP 413 too_large")
             rejected = tuple(Rejection(r["result_id"], "check not assigned")
-                             for r in results if r["result_id"] in self.reject_result_ids)
+                             for r in results if r["check_id"] in self.reject_check_ids)
+            self.rejected.extend(r.result_id or "" for r in rejected)
             self.accepted.extend(dict(r) for r in results
-                                 if r["result_id"] not in self.reject_result_ids)
+                                 if r["check_id"] not in self.reject_check_ids)
             return PushReply(accepted=len(results) - len(rejected), rejected=rejected)
 
 

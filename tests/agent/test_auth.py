@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.auth import Authenticator, RegistrationOnHold
+from agent.auth import Authenticator
 from agent.credentials import Credentials, CredentialStore
 from agent.errors import (
     AuthError,
     ConfigError,
     InvalidRefreshToken,
     NotRegistered,
+    RegistrationOnHold,
     RegistrationRejected,
     TransportError,
 )

@@ -56,7 +56,8 @@ def test_invalid_id_file_is_refused_and_left_alone(tmp_path: Path, content: str)
     assert path.read_text() == content  # never silently replaced
 
 
-def test_empty_id_file_is_refused(tmp_path: Path) -> None:
+def test_empty_id_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("agent.identity._EMPTY_FILE_GRACE", 0.05)
     path = tmp_path / "agent-id"
     path.write_text("")
     with pytest.raises(ConfigError, match="does not hold a valid UUID"):

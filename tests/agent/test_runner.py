@@ -24,7 +24,7 @@ from agent import cli
 from agent.assignment import AssignmentCache
 from agent.backoff import Backoff
 from agent.config import Config, load_config
-from agent.errors import AgentError, ConfigError, RequestRejected, TransportError
+from agent.errors import AgentError, ConfigError, RequestRejected, RetryLater, TransportError
 from agent.runner import Agent, check_once
 from agent.scheduler import splay_offset
 from agent.spool import Spool
@@ -157,7 +157,7 @@ def test_results_are_kept_while_the_server_fails_and_sent_once_it_accepts(
     assert {"result_id", "exit_code", "output", "duration_ms", "executed_at"} <= set(first)
 
 
-def test_server_side_rejections_are_acked_and_refused_batches_counted_dropped(
+def test_refused_batches_are_acked_and_counted_as_dropped(
     harness: Harness, server: FakeServer, plugins: Path
 ) -> None:
     server.assign([check("ok", "ok.sh", plugins=plugins)])
@@ -165,14 +165,23 @@ def test_server_side_rejections_are_acked_and_refused_batches_counted_dropped(
     agent = harness.agent()
 
     wait_for(lambda: agent.dropped_results() >= 1, what="a refused batch to be dropped")
-    assert agent.spool.depth() <= 1  # dropped batches are acked, not retried forever
+    assert agent.spool.depth() <= 1  # dropped, not retried forever
     wait_for(lambda: any(b["dropped_results"] >= 1 for b in server.heartbeats),
              what="the heartbeat to report the drop")
 
-    server.push_error = None
-    wait_for(lambda: server.accepted, what="a result accepted")
-    server.reject_result_ids.add("will-not-match")  # a 202 with rejections still acks
-    assert agent.spool.depth() <= 1
+
+def test_entries_rejected_inside_an_accepted_batch_are_acked(
+    harness: Harness, server: FakeServer, plugins: Path
+) -> None:
+    server.assign([check("ok", "ok.sh", plugins=plugins),
+                   check("gone", "ok.sh", plugins=plugins)])
+    server.reject_check_ids.add("gone")
+    agent = harness.agent()
+
+    wait_for(lambda: server.results_for("ok") and server.rejected, what="a mixed batch")
+    wait_for(lambda: agent.spool.depth() == 0, what="the spool to drain")
+    assert len(server.rejected) == len(set(server.rejected))  # never sent again
+    assert agent.dropped_results() == 0  # the server's verdict, not a loss
 
 
 def test_batches_are_at_most_batch_size_oldest_first(
@@ -193,12 +202,29 @@ def test_batches_are_at_most_batch_size_oldest_first(
         sizes.append(len(results))
         return original(agent_id, token, results, timeout)
 
-    server.push_results = recording  # type: ignore[method-assign]
+    server.push_results = recording  # type: ignore[method-assign,assignment]
     harness.agent()
 
     wait_for(lambda: len(server.accepted) >= 12, what="the old results delivered")
     assert delivered_ids(server)[:12] == [r["result_id"] for r in old]
     assert sizes[:3] == [5, 5, 2]
+
+
+def test_retry_after_is_honoured_by_the_sender(harness: Harness, server: FakeServer) -> None:
+    state = harness.tmp_path / "state"
+    state.mkdir()
+    spool = Spool(state / "spool.db", 10**7)
+    spool.append([{"result_id": f"r{i}", "check_id": "old", "status": "ok"} for i in range(3)])
+    spool.close()
+    server.push_error = RetryLater("HTTP 429 (fake)", retry_after=1.0)
+    agent = harness.agent()
+
+    wait_for(lambda: server.push_attempts >= 1, what="the first push")
+    first = time.monotonic()
+    server.push_error = None
+    agent._wake_sender.set()  # even a wake-up must not hurry the retry
+    wait_for(lambda: len(server.accepted) == 3, what="the retried push")
+    assert time.monotonic() - first >= 0.9
 
 
 def test_spool_survives_a_restart_of_the_agent(

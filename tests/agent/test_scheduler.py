@@ -229,6 +229,34 @@ def test_falling_behind_skips_missed_runs_instead_of_bursting(
     assert scheduler.snapshot()[0]["next_due_in"] <= 0.1
 
 
+def test_next_due_is_computed_from_the_due_time_not_from_when_the_timer_woke(
+    make_scheduler: Callable[..., Scheduler], fake: FakeExecutor
+) -> None:
+    now = [1000.0]
+    scheduler = make_scheduler(clock=lambda: now[0])
+    check_id = next(f"c{n}" for n in range(100) if splay_offset(SEED, f"c{n}", 10) > 1)
+    due = 1000.0 + splay_offset(SEED, check_id, 10)
+    scheduler.update([check(check_id, interval=10)])
+    scheduler.start()
+
+    def fire_at(moment: float, runs: int) -> dict:
+        now[0] = moment
+        scheduler.update([check(check_id, interval=10)])  # unchanged: only wakes the timer
+        wait_until(lambda: len(fake.finished(check_id)) == runs)
+        return scheduler.snapshot()[0]
+
+    # The timer woke 30 ms late: the next run stays on the grid, 9.97 s away.
+    assert fire_at(due + 0.03, 1)["next_due_in"] == pytest.approx(9.97)
+    assert fire_at(due + 10.05, 2)["next_due_in"] == pytest.approx(9.95)
+    # 3.5 intervals late (a suspended host): one run now, the missed ones are skipped,
+    # and the grid is kept.
+    info = fire_at(due + 20 + 35.5, 3)
+    assert info["next_due_in"] == pytest.approx(4.5)
+    assert info["skipped"] == 0
+    time.sleep(0.05)
+    assert len(fake.runs) == 3
+
+
 # -- live updates ----------------------------------------------------------------------
 
 

@@ -347,3 +347,22 @@ def test_long_poll_wait_is_capped_by_the_server(tmp_path):
     reply = _assigned(client, agent, headers={"If-None-Match": etag}, wait=30)
     assert reply.status_code == 304
     assert time.monotonic() - started < 2.0
+
+
+def test_weak_if_none_match_from_a_proxy_still_answers_304(client, make_check, agent):
+    # Proxies that compress (nginx gzip) weaken ETags; If-None-Match compares weakly.
+    make_check("disk", assign={"target_ids": [agent["agent_id"]]})
+    etag = _assigned(client, agent).headers["ETag"]
+    reply = _assigned(client, agent, headers={"If-None-Match": f"W/{etag}"})
+    assert reply.status_code == 304
+
+
+def test_long_poll_of_a_target_deleted_meanwhile_answers_404(app, client, admin_headers, agent):
+    etag = _assigned(client, agent).headers["ETag"]
+    poll = LongPoll(app, agent, etag, wait=5)
+    started = time.monotonic()
+    deleted = client.delete(f"/api/v1/targets/{agent['agent_id']}", headers=admin_headers)
+    assert deleted.status_code == 204
+    reply = poll.result()
+    assert time.monotonic() - started < 1.0
+    assert_error(reply, 404, "target_not_found")
