@@ -6,7 +6,8 @@ The rules (see DESIGN.md, "Check semantics"):
   inside one of the allowed directories. We exec the resolved path, so the file we vetted
   is the file that runs.
 * The plugin gets its own session and process group, a scrubbed environment and resource
-  limits. On timeout the whole group gets SIGTERM, then SIGKILL after a short grace.
+  limits set in the child before exec (agent/limits.py). On timeout the whole group gets
+  SIGTERM, then SIGKILL after a short grace.
 * A check is finished when its output pipe is closed *and* the plugin exited. A plugin that
   leaves a background process holding its stdout is therefore still running, and times out
   like any other hung plugin; this is why output is read with a deadline (``poll`` on the
@@ -125,6 +126,8 @@ class Executor:
     def _run(self, spec: CheckSpec, started: float) -> tuple[int, str, list[dict]]:
         if not spec.command:
             raise _Refused("empty command")
+        if not all(isinstance(arg, str) and "\0" not in arg for arg in spec.command):
+            raise _Refused("command arguments must be strings without NUL bytes")
         if not spec.timeout > 0:
             raise _Refused(f"invalid timeout {spec.timeout!r}")
         path = self._resolve(spec.command[0])
@@ -136,11 +139,10 @@ class Executor:
         except ValueError as exc:
             raise _Refused(str(exc)) from None
 
-        argv = [spec.command[0], *spec.command[1:]]
         try:
             proc = subprocess.Popen(
-                argv,
-                executable=path,
+                list(spec.command),
+                executable=path,  # the vetted file; argv[0] stays as configured
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -275,7 +277,8 @@ def _read_until(fd: int, deadline: float, output: _CappedBuffer) -> bool:
         if remaining <= 0:
             return False
         # poll() takes milliseconds; round up so we never spin on a sub-millisecond rest.
-        pass
+        if not poller.poll(int(remaining * 1000) + 1):
+            continue
         chunk = os.read(fd, _READ_CHUNK)
         if not chunk:
             return True

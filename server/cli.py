@@ -347,6 +347,108 @@ def demo(data_dir: str, port: int | None) -> None:
     sys.exit(run_demo(Path(data_dir), port))
 
 
+@main.group()
+def ca() -> None:
+    """The built-in certificate authority for TLS and agent client certificates."""
+
+
+@ca.command("init")
+@click.option("--name", default="AAMI CA", show_default=True, help="The CA's common name.")
+@click.option("--days", default=3650, show_default=True, type=click.IntRange(min=1))
+def ca_init(name: str, days: int) -> None:
+    """Create the CA in AAMI_CA_DIR (default AAMI_DATA_DIR/ca); prints the CA certificate path."""
+    from server.security.ca import CA_CERT_FILE, CaError, init_ca
+
+    directory = _settings().ca_dir()
+    try:
+        init_ca(directory, name=name, days=days)
+    except CaError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"CA created; give agents {directory / CA_CERT_FILE} as server.tls.ca_cert", err=True
+    )
+    click.echo(str(directory / CA_CERT_FILE))
+
+
+@ca.command("issue-server")
+@click.option("--host", "hosts", multiple=True, required=True, help="DNS name or IP (repeatable).")
+@click.option(
+    "--out-dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Where to write server.crt and server.key.",
+)
+@click.option("--days", default=397, show_default=True, type=click.IntRange(min=1))
+def ca_issue_server(hosts: tuple[str, ...], out_dir: str, days: int) -> None:
+    """Issue the config-server's TLS certificate from the CA."""
+    from pathlib import Path
+
+    from server.security.ca import CaError, load_ca, write_key_pair
+
+    try:
+        key, certificate = load_ca(_settings().ca_dir()).issue_server_certificate(list(hosts), days)
+    except CaError as exc:
+        raise click.ClickException(str(exc)) from None
+    key_path, cert_path = write_key_pair(Path(out_dir), "server", key, certificate)
+    click.echo(f"wrote {key_path} (0600) and {cert_path}")
+
+
+@ca.command("issue-agent")
+@click.option("--agent-id", required=True, help="The agent's UUID (its /etc/aami/agent-id).")
+@click.option(
+    "--out-dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Where to write agent.crt and agent.key.",
+)
+@click.option("--days", default=365, show_default=True, type=click.IntRange(min=1))
+def ca_issue_agent(agent_id: str, out_dir: str, days: int) -> None:
+    """Issue a client certificate for an agent (for operators who deliver certificates,
+    e.g. with Ansible). Agents can instead enroll with a CSR at registration."""
+    from pathlib import Path
+
+    from server.security.ca import CaError, load_ca, new_agent_key_pair, write_key_pair
+
+    try:
+        key, certificate = new_agent_key_pair(load_ca(_settings().ca_dir()), agent_id, days)
+    except CaError as exc:
+        raise click.ClickException(str(exc)) from None
+    key_path, cert_path = write_key_pair(Path(out_dir), "agent", key, certificate)
+    click.echo(f"wrote {key_path} (0600) and {cert_path}")
+
+
+@main.group("policy-key")
+def policy_key() -> None:
+    """The Ed25519 key that signs the check policies agents receive."""
+
+
+@policy_key.command("create")
+def policy_key_create() -> None:
+    """Create the key in AAMI_POLICY_KEY_FILE; prints the public key for agent configs."""
+    from server.security.policy import PolicyKeyError, create_policy_key, public_key_text
+
+    path = _settings().policy_key_path()
+    try:
+        key = create_policy_key(path)
+    except PolicyKeyError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"created {path} (0600); add the next line to the agents' server.policy_keys", err=True
+    )
+    click.echo(public_key_text(key))
+
+
+@policy_key.command("show")
+def policy_key_show() -> None:
+    """Print the public key (base64) that agents must trust."""
+    from server.security.policy import PolicyKeyError, load_policy_key, public_key_text
+
+    try:
+        click.echo(public_key_text(load_policy_key(_settings().policy_key_path())))
+    except PolicyKeyError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _print_table(headers: list[str], rows: list[list[Any]]) -> None:
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=False)]
     for line in [headers, *rows]:

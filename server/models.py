@@ -252,6 +252,18 @@ class Event(Base):
     )
 
 
+class PolicySerial(Base):
+    """One row: a counter that grows with every change to what agents run.
+
+    Signed policies carry it so that an agent can refuse an older (replayed) policy.
+    """
+
+    __tablename__ = "policy_serial"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    serial: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), default=0)
+
+
 class AuditLog(Base):
     __tablename__ = "audit_log"
 
@@ -275,5 +287,6 @@ __all__ = [
     "CheckState",
     "Event",
     "Group",
+    "PolicySerial",
     "Target",
 ]

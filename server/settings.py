@@ -44,6 +44,13 @@ class Settings:
     MAX_RESULTS_PER_BATCH: int = 500
     MAX_OUTPUT_LENGTH: int = 16384
     RESULT_RETENTION_DAYS: int = 30
+    # Ed25519 key that signs check policies (PEM). Empty: DATA_DIR/policy.key, created
+    # on first use by the embedded server; a production deployment should set it.
+    POLICY_KEY_FILE: str = ""
+    # Built-in certificate authority (aami-server ca init). Empty: DATA_DIR/ca.
+    CA_DIR: str = ""
+    # Lifetime of agent client certificates issued from CSRs, in days.
+    CLIENT_CERT_DAYS: int = 30
     # Comma-separated http(s) URLs that receive every event as a CloudEvent.
     EVENT_WEBHOOKS: str = ""
     LOG_LEVEL: str = "info"
@@ -52,6 +59,12 @@ class Settings:
     @property
     def embedded(self) -> bool:
         return not self.REDIS_URL
+
+    def ca_dir(self) -> Path:
+        return Path(self.CA_DIR or Path(self.DATA_DIR) / "ca")
+
+    def policy_key_path(self) -> Path:
+        return Path(self.POLICY_KEY_FILE or Path(self.DATA_DIR) / "policy.key")
 
     def event_webhook_urls(self) -> list[str]:
         return [url.strip() for url in self.EVENT_WEBHOOKS.split(",") if url.strip()]

@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from server.api import schemas
+from server.api.auth import current_caller
 from server.api.routing import route
 from server.db import db_session
 from server.extensions import notifier, redis_client, settings
@@ -95,6 +96,8 @@ def assigned_checks(agent_id: str, query: dict[str, Any]) -> Response:
         wait *= random.uniform(0.85, 1.0)
     deadline = time.monotonic() + wait
     changes = notifier()
+    # Commands are the agent's to take: an operator watching its assignment must not eat them.
+    takes_commands = wait > 0 and current_caller().kind == "agent"
     while True:
         generation = changes.generation() if wait > 0 else 0
         session.expire_all()
@@ -102,7 +105,7 @@ def assigned_checks(agent_id: str, query: dict[str, Any]) -> Response:
         target = get_target(session, agent_id)
         assignment = check_service.agent_assignment(session, target)
         version = assignment["config_version"]
-        pending = wait > 0 and commands.has_commands(redis_client(), agent_id)
+        pending = takes_commands and commands.has_commands(redis_client(), agent_id)
         remaining = deadline - time.monotonic()
         if not _etag_matches(version) or pending or remaining <= 0:
             break

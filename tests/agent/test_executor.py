@@ -24,6 +24,8 @@ CHECK_LOAD = NAGIOS_PLUGINS / "check_load"
 needs_check_dummy = pytest.mark.skipif(not CHECK_DUMMY.exists(), reason="no check_dummy")
 
 MakePlugin = Callable[..., str]
+# A regression here tends to hang rather than fail: fail fast instead.
+pytestmark = pytest.mark.timeout(30)
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ from agent.model import CheckResult, CheckSpec
 from agent.scheduler import MAX_SPLAY_SECONDS, Scheduler, splay_offset
 
 SEED = "6f1c1a8e-agent-id"
+# A regression here tends to hang rather than fail: fail fast instead.
+pytestmark = pytest.mark.timeout(30)
 
 
 @dataclass

@@ -158,7 +158,8 @@ class LiveServer(LocalServer):
     """``aami-server serve`` on PostgreSQL and Redis, under gunicorn with ``workers`` processes.
 
     ``data_dir`` is the server's AAMI_DATA_DIR and holds its log; it is left in place
-    (pytest's tmp_path) so the log can be read after a failure.
+    (pytest's tmp_path) so the log can be read after a failure. ``threads`` defaults to
+    the CLI's own default, the production setting.
     """
 
     name = "aami-server"
@@ -171,7 +172,7 @@ class LiveServer(LocalServer):
         database_url: str,
         redis_url: str,
         workers: int = 2,
-        threads: int = 8,
+        threads: int | None = None,
         extra_settings: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(data_dir)
@@ -184,8 +185,9 @@ class LiveServer(LocalServer):
             "AAMI_REDIS_URL": redis_url,
             "AAMI_SECRET_KEY": SECRET_KEY,
             "AAMI_DATA_DIR": str(self.data_dir),
-            # prometheus-client's per-process files: inside data_dir, not a stray temp dir.
-            "PROMETHEUS_MULTIPROC_DIR": str(self.data_dir / "metrics"),
+            # Temporary files (prometheus-client's per-process metrics among them) stay
+            # with the test instead of piling up in /tmp.
+            "TMPDIR": str(self.data_dir / "tmp"),
             **(extra_settings or {}),
         }
         self.started_in: float | None = None
@@ -263,14 +265,16 @@ class LiveServer(LocalServer):
     # LocalServer's hooks -------------------------------------------------------------
 
     def _prepare(self) -> None:
-        (self.data_dir / "metrics").mkdir(exist_ok=True)
+        (self.data_dir / "tmp").mkdir(exist_ok=True)
         run_cli("db", "upgrade", settings=self.settings, cwd=self.data_dir)
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         argv = [
             str(AAMI_SERVER), "serve", "--host", LOOPBACK, "--port", str(self.port),
-            "--workers", str(self.workers), "--threads", str(self.threads),
+            "--workers", str(self.workers),
         ]
+        if self.threads is not None:
+            argv += ["--threads", str(self.threads)]
         return self._popen(argv, env=aami_env(self.settings))
 
     def _answers(self) -> bool:

@@ -57,7 +57,8 @@ def register(
 def registered(server: LiveServer, token: str, agent_id: str | None = None) -> dict[str, Any]:
     reply = register(server, token, agent_id)
     assert reply.status_code == 201, reply.text
-    return reply.json()  # type: ignore[no-any-return]
+    body: dict[str, Any] = reply.json()
+    return body
 
 
 def targets(server: LiveServer, admin: dict[str, str]) -> dict[str, dict[str, Any]]:

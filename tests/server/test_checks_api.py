@@ -366,3 +366,19 @@ def test_long_poll_of_a_target_deleted_meanwhile_answers_404(app, client, admin_
     reply = poll.result()
     assert time.monotonic() - started < 1.0
     assert_error(reply, 404, "target_not_found")
+
+
+def test_admin_long_poll_leaves_the_agents_commands_queued(app, client, admin_headers, agent):
+    etag = _assigned(client, agent).headers["ETag"]
+    queued = commands.queue_command(
+        app.extensions["aami.redis"], agent["agent_id"], {"type": "run_check", "check_id": "disk"}
+    )
+    watched = client.get(
+        f"/api/v1/checks/target/{agent['agent_id']}",
+        headers={**admin_headers, "If-None-Match": etag},
+        query_string={"wait": 0.2},
+    )
+    assert watched.status_code == 304
+    reply = _assigned(client, agent, headers={"If-None-Match": etag}, wait=1)
+    assert reply.status_code == 200
+    assert reply.get_json()["commands"] == [queued]

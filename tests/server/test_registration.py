@@ -174,6 +174,31 @@ def test_register_preregistered_target_without_group_joins_the_tokens_group(
     assert _target(client, admin_headers, agent_id)["group_id"] == "web"
 
 
+def test_reregistration_keeps_labels_an_operator_set_and_adds_new_ones(
+    client, register, make_bootstrap_token, admin_headers
+):
+    first = register(agent_id=new_agent_id(), labels={"env": "dev"})
+    patched = client.patch(
+        f"/api/v1/targets/{first['agent_id']}",
+        json={"labels": {"env": "prod"}},
+        headers=admin_headers,
+    )
+    assert patched.status_code == 200
+    reply = client.post(
+        REGISTER,
+        json={
+            "token": make_bootstrap_token(),
+            "agent_id": first["agent_id"],
+            "hostname": "web-1",
+            "labels": {"env": "dev", "dc": "dc2"},
+            "refresh_token": first["refresh_token"],
+        },
+    )
+    assert reply.status_code == 200, reply.get_json()
+    target = _target(client, admin_headers, first["agent_id"])
+    assert target["labels"] == {"env": "prod", "dc": "dc2"}
+
+
 # --- identity-theft guard ----------------------------------------------------------------------
 
 
