@@ -49,8 +49,9 @@ ENV VIRTUAL_ENV=/opt/aami \
 # A fixed numeric id, so that Kubernetes' runAsNonRoot can verify it and volumes can be
 # prepared for it. Its home is the data directory (embedded SQLite file, generated key).
 RUN groupadd --system --gid 10001 aami \
-    && useradd --system --uid 10001 --gid aami --home-dir /var/lib/aami --create-home \
-       --shell /usr/sbin/nologin aami
+    && useradd --system --uid 10001 --gid aami --home-dir /var/lib/aami --no-create-home \
+       --shell /usr/sbin/nologin aami \
+    && install -d -o aami -g aami -m 0750 /var/lib/aami
 
 COPY --from=builder /src/dist/ ${WHEELS}/
 RUN python -m venv "$VIRTUAL_ENV" \

@@ -5,7 +5,7 @@ it starts inherit them from its first instruction. Two cheaper routes were measu
 rejected:
 
 * ``prlimit(2)`` on the child right after ``Popen`` returns keeps ``subprocess`` on its
-  ``vfork()`` fast path (~1.0x a bare ``Popen`` instead of 2.2x to 3.4x for a ``preexec_fn``,
+  ``vfork()`` fast path (~1.0x a bare ``Popen`` instead of 2x to 3.5x for a ``preexec_fn``,
   which forces a full ``fork()`` of the agent), but it races the plugin: a shell-script
   plugin routinely forks its first command before the parent thread gets the CPU back, and
   that command then runs unlimited (the test suite caught it). It also fails with EPERM on
@@ -14,7 +14,7 @@ rejected:
   costs an extra exec (1.7x to 2.0x) and depends on external tools whose flags differ
   between implementations.
 
-Both limits are set with soft = hard so a plugin cannot raise its own limits again, except
+Every limit is set with soft = hard so a plugin cannot raise its own limits again, except
 for CPU where the hard limit is one second above the soft one: the kernel sends SIGXCPU at
 the soft limit and SIGKILL at the hard one, so a plugin gets a chance to report first.
 """

@@ -48,7 +48,7 @@ from agent.version import agent_version
 
 log = logging.getLogger(__name__)
 
-# Heartbeat commands are remembered by id so one delivered twice runs once.
+# Commands are remembered by id so one delivered twice (heartbeat, long-poll) runs once.
 _SEEN_COMMANDS = 256
 
 
@@ -358,11 +358,13 @@ class Agent:
 
     def _execute(self, command: Command) -> None:
         if command.id:
-            if command.id in self._seen_commands:
-                return
-            self._seen_commands[command.id] = None
-            if len(self._seen_commands) > _SEEN_COMMANDS:
-                self._seen_commands.popitem(last=False)
+            # Both the heartbeat and the assignment loop deliver commands.
+            with self._lock:
+                if command.id in self._seen_commands:
+                    return
+                self._seen_commands[command.id] = None
+                if len(self._seen_commands) > _SEEN_COMMANDS:
+                    self._seen_commands.popitem(last=False)
         if command.type == "run_check" and command.check_id:
             if self.scheduler.run_now(command.check_id):
                 log.info("running check %s now, as the server asked", command.check_id,
@@ -391,11 +393,19 @@ class Agent:
                 return defaults.LONG_POLL_EARLY_PAUSE
             return 0
         assert isinstance(result, Assignment)
-        self._apply(result)
-        try:
-            self.cache.save(result)
-        except OSError as exc:
-            log.warning("cannot cache the assignment in %s: %s", self.cache.path, exc)
+        current = self._assignment
+        # A reply that only hands commands over repeats the assignment we already run.
+        if current is None or (result.etag, result.config_version) != (
+            current.etag, current.config_version
+        ):
+            self._apply(result)
+            try:
+                self.cache.save(result)
+            except OSError as exc:
+                log.warning("cannot cache the assignment in %s: %s", self.cache.path, exc)
+        # After the assignment: a command may name a check that this reply just assigned.
+        for command in result.commands:
+            self._execute(command)
         return 0
 
     def _apply(self, assignment: Assignment) -> None:

@@ -17,6 +17,7 @@ from server.errors import SettingsError
 
 ENV_PREFIX = "AAMI_"
 SECRET_SETTINGS = ("SECRET_KEY", "DATABASE_URL", "REDIS_URL")
+MIN_SECRET_KEY_LENGTH = 32
 
 
 @dataclass(frozen=True)
@@ -99,11 +100,16 @@ def _coerce(name: str, raw: Any) -> Any:
 
 def _read_secret_file(name: str, path: str) -> str:
     try:
-        return Path(path).read_text().strip()
+        value = Path(path).read_text().strip()
     except OSError as exc:
         raise SettingsError(
             f"{ENV_PREFIX}{name}_FILE: cannot read {path}: {exc.strerror}"
         ) from None
+    if not value:
+        # An empty file is a broken deployment, not "unset": an empty REDIS_URL would
+        # quietly run every replica on its own embedded queue.
+        raise SettingsError(f"{ENV_PREFIX}{name}_FILE: {path} is empty")
+    return value
 
 
 def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -136,8 +142,10 @@ def _validate(settings: Settings) -> None:
     for url in settings.event_webhook_urls():
         if not url.startswith(("http://", "https://")):
             raise SettingsError(f"{ENV_PREFIX}EVENT_WEBHOOKS: {url!r} is not an http(s) URL")
-    if settings.SECRET_KEY and len(settings.SECRET_KEY) < 32:
-        raise SettingsError(f"{ENV_PREFIX}SECRET_KEY: must be at least 32 characters long")
+    if settings.SECRET_KEY and len(settings.SECRET_KEY) < MIN_SECRET_KEY_LENGTH:
+        raise SettingsError(
+            f"{ENV_PREFIX}SECRET_KEY: must be at least {MIN_SECRET_KEY_LENGTH} characters long"
+        )
     if settings.OFFLINE_AFTER_INTERVALS <= settings.STALE_AFTER_INTERVALS:
         raise SettingsError(
             f"{ENV_PREFIX}OFFLINE_AFTER_INTERVALS must be larger than "
@@ -148,13 +156,24 @@ def _validate(settings: Settings) -> None:
 def _generated_secret_key(data_dir: str) -> str:
     """The embedded default's signing key: made once, kept in a 0600 file."""
     path = Path(data_dir) / "secret_key"
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key + "\n")
+    try:
+        if path.exists():
+            key = path.read_text().strip()
+            if len(key) < MIN_SECRET_KEY_LENGTH:
+                raise SettingsError(
+                    f"{path} holds no usable key (shorter than {MIN_SECRET_KEY_LENGTH} "
+                    "characters): delete it to have a new one made (agents then re-register)"
+                )
+            return key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key + "\n")
+    except OSError as exc:
+        raise SettingsError(
+            f"{ENV_PREFIX}DATA_DIR: cannot keep the signing key in {path}: {exc.strerror}"
+        ) from None
     return key
 
 

@@ -95,6 +95,9 @@ class Assignment:
     etag: str | None
     config_version: str | None
     checks: list[dict[str, Any]]
+    commands: tuple[Command, ...] = ()
+    """Commands handed over with this reply: a long-poll ends early when one is queued,
+    and the server gives it to us here rather than with the next heartbeat."""
 
 
 @dataclass(frozen=True)

@@ -165,7 +165,8 @@ class RestTransport:
             raise TransportError("GET checks: the reply has no list of checks")
         config_version = _opt_str(reply.get("config_version"))
         etag = response.headers.get("ETag") or (f'"{config_version}"' if config_version else None)
-        return Assignment(etag=etag, config_version=config_version, checks=checks)
+        return Assignment(etag=etag, config_version=config_version, checks=checks,
+                          commands=_commands(reply.get("commands")))
 
     def push_results(
         self,

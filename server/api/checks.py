@@ -107,7 +107,9 @@ def assigned_checks(agent_id: str, query: dict[str, Any]) -> Response:
         version = assignment["config_version"]
         pending = takes_commands and commands.has_commands(redis_client(), agent_id)
         remaining = deadline - time.monotonic()
-        if not _etag_matches(version) or pending or remaining <= 0:
+        # A closing notifier (the process is stopping) returns from wait() at once: answer
+        # now rather than spin on the database until the deadline.
+        if not _etag_matches(version) or pending or remaining <= 0 or changes.closing:
             break
         # Hand the connection back while parked: a long wait must not pin a pool slot.
         session.commit()

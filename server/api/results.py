@@ -43,7 +43,7 @@ def submit_results(agent_id: str, body: dict[str, Any]) -> tuple[dict[str, Any],
     accepted, rejected = [], []
     for result in results:
         if result["check_id"] in assigned:
-            accepted.append(schemas.AgentResult().dump(result))
+            accepted.append(_job_payload(result))
         else:
             rejected.append(
                 {
@@ -55,3 +55,10 @@ def submit_results(agent_id: str, body: dict[str, Any]) -> tuple[dict[str, Any],
     if accepted:
         job_id = job_queues().enqueue(INGEST, ingest_batch, agent_id, accepted).id
     return {"job_id": job_id, "accepted": len(accepted), "rejected": rejected}, 202
+
+
+def _job_payload(result: dict[str, Any]) -> dict[str, Any]:
+    """A validated result as plain JSON types for the job (what ``AgentResult().dump``
+    gives, at a fraction of the cost: a schema per result made the API CPU-bound)."""
+    return {**result, "result_id": str(result["result_id"]),
+            "executed_at": result["executed_at"].isoformat()}

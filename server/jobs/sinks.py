@@ -94,7 +94,7 @@ def _send_after_commit(session: Session) -> None:
                 log.warning("event delivery not queued", extra={"url": url, "event": payload["id"]})
 
 
-def _forget_after_rollback(session: Session) -> None:
+def _forget_after_rollback(session: Session, _previous_transaction: Any) -> None:
     session.info.pop(_PENDING_KEY, None)
 
 

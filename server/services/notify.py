@@ -47,6 +47,11 @@ class ChangeNotifier:
             self._closing = True
             self._condition.notify_all()
 
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`close` was called: waiters must answer now, not wait again."""
+        return self._closing
+
     def publish(self, agent_id: str = ALL_AGENTS) -> None:
         """Tell every process that ``agent_id`` (or everyone) should re-read its state."""
         self._client.publish(CHANNEL, agent_id)

@@ -164,10 +164,16 @@ class FakeServer:
                 self._cond.wait(deadline - time.monotonic())
             if caller.closed or self.down:
                 raise TransportError("connection reset (fake)")
-            if etag == self.etag:
+            # Like the server: a queued command ends a long-poll with a 200 that hands the
+            # commands over (docs/agent-api.md); a plain fetch leaves them to the heartbeat.
+            takes_commands = wait > 0 and bool(self._commands)
+            if etag == self.etag and not takes_commands:
                 return NOT_MODIFIED
+            commands: tuple[Command, ...] = ()
+            if takes_commands:
+                commands, self._commands = tuple(self._commands), []
             return Assignment(etag=self.etag, config_version=f"v{self._version}",
-                              checks=list(self._checks))
+                              checks=list(self._checks), commands=commands)
 
     def push_results(
         self,

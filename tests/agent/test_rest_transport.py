@@ -512,3 +512,17 @@ def test_tls_server_not_signed_by_the_configured_ca_is_refused(
     with pytest.raises(TransportError, match="TLS error"):
         rest.heartbeat(AGENT_ID, "jwt", {"version": "0.1.0"})
     rest.close()
+
+
+def test_fetch_checks_hands_over_the_commands_of_a_long_poll_reply(
+    server: FakeServer, transport: RestTransport
+) -> None:
+    server.script(f"/checks/target/{AGENT_ID}", Reply(200, {
+        "target_id": AGENT_ID, "config_version": "3f2a", "checks": [],
+        "commands": [{"id": "c1", "type": "run_check", "check_id": "disk"}]},
+        headers={"ETag": '"3f2a"'}))
+
+    result = transport.fetch_checks(AGENT_ID, "jwt", '"3f2a"', 30)
+
+    assert isinstance(result, Assignment)
+    assert result.commands == (Command(id="c1", type="run_check", check_id="disk"),)

@@ -7,21 +7,91 @@ process is up and has said so in its log (worker, cron) or written its status fi
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
-from tests.integration.live_server import AAMI_SERVER, LiveServer, aami_env
+from tests.integration.live_server import AAMI_SERVER, LiveServer, aami_env, session_members
 from tests.support.services import LocalServer
+
+T = TypeVar("T")
 
 AAMI_AGENT = Path(sys.executable).with_name("aami-agent")
 
 
-class _LogReadyProcess(LocalServer):
+def wait_until(
+    probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05
+) -> T:
+    """Call ``probe`` until it returns something truthy; return that, or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def processes_with_arg(marker: str) -> list[int]:
+    """Live (non-zombie) processes that have ``marker`` inside one of their arguments."""
+    wanted = marker.encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and any(wanted in arg for arg in argv):
+            found.append(int(entry.name))
+    return found
+
+
+class _SessionReaper:
+    """Records what a stopped process left running in its session, and kills it.
+
+    Every process here is started in its own session, so a member still alive after the
+    leader exited is a leftover (a worker's work horse, a plugin the agent did not reap).
+    """
+
+    exit_code: int | None
+    leftovers: list[int]
+    _proc: subprocess.Popen[bytes] | None
+
+    def _stop_and_reap(self, stop: Callable[[], None]) -> None:
+        proc = self._proc
+        stop()
+        if proc is None:
+            return
+        self.exit_code = proc.returncode
+        found = session_members(proc.pid)
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.leftovers.extend(found)
+
+
+class _LogReadyProcess(_SessionReaper, LocalServer):
     """Ready once ``ready_marker`` appears in the process's log."""
+
+    def __init__(self, data_dir: Path | str | None = None, port: int | None = None) -> None:
+        super().__init__(data_dir, port)
+        self.exit_code = None
+        self.leftovers = []
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM (SIGKILL after ``timeout``); ``exit_code`` and ``leftovers`` say how."""
+        self._stop_and_reap(lambda: LocalServer.stop(self, timeout))
 
     ready_marker: ClassVar[str]
 
@@ -92,8 +162,14 @@ def write_agent_config(
     allowed_paths: list[str],
     labels: Mapping[str, str] | None = None,
     extra: str = "",
+    max_concurrent: int = 10,
+    result_buffer_size: int = 1000,
+    log_level: str = "debug",
 ) -> Path:
-    """An agent.yaml whose every path lives in ``directory``."""
+    """An agent.yaml whose every path lives in ``directory``.
+
+    ``extra`` is appended as more top-level YAML (sections not written here: ``spool``).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "agent.yaml"
     config.write_text(
@@ -109,17 +185,22 @@ agent:
 heartbeat: {{interval: 2s, timeout: 5s}}
 checks:
   default_timeout: 10s
-  max_concurrent: 10
+  max_concurrent: {max_concurrent}
+  result_buffer_size: {result_buffer_size}
   allowed_paths: {json.dumps(allowed_paths)}
 results: {{batch_size: 100, flush_interval: 500ms}}
-logging: {{level: debug, format: json}}
+logging: {{level: {log_level}, format: json}}
 {extra}"""
     )
     return config
 
 
-class LiveAgent(LocalServer):
-    """``aami-agent run -c CONFIG``: ready once it has written its status file."""
+class LiveAgent(_SessionReaper, LocalServer):
+    """``aami-agent run -c CONFIG``: ready once it has written its status file.
+
+    The log (``aami-agent.log``) and the state live next to the configuration file; a
+    restart appends to the same log.
+    """
 
     name = "aami-agent"
     ready_timeout: ClassVar[float] = 30.0
@@ -127,6 +208,29 @@ class LiveAgent(LocalServer):
     def __init__(self, config: Path) -> None:
         super().__init__(config.parent)
         self.config = config
+        self.exit_code: int | None = None
+        self.leftovers: list[int] = []
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM and wait for the clean shutdown (checks finish, results are flushed)."""
+        self._stop_and_reap(lambda: LocalServer.stop(self, timeout))
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_for_status(
+        self, predicate: Callable[[dict[str, Any]], object], timeout: float, what: str
+    ) -> dict[str, Any]:
+        """Poll status.json until ``predicate(status)`` holds; returns that status."""
+
+        def probe() -> dict[str, Any] | None:
+            status = self.status()
+            return status if status and predicate(status) else None
+
+        return wait_until(probe, timeout, f"the agent's status to show {what}", interval=0.02)
 
     @property
     def url(self) -> str:

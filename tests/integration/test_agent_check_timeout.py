@@ -1,0 +1,103 @@
+"""A hung check is killed with its whole process tree and reported critical, on time.
+
+The plugins are scripts in a directory of the agent's allowed paths. Each starts a
+grandchild that would sleep for a day, carrying a marker argument that no other process
+has, so /proc can tell whether anything of the tree survived. One plugin exits at once
+and leaves its grandchild holding the output pipe (and ignoring SIGTERM, so only the
+SIGKILL after the grace period ends it); the other waits for its grandchild.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.agent_system import AgentSystem, parse_time, running_system
+from tests.integration.live_server import LiveServer, alive
+from tests.integration.processes import processes_with_arg, wait_until
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT_S = 2
+# A grandchild that sleeps for a day, ignoring SIGTERM; argv[1] is the marker.
+SLEEPER = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(86400)"
+
+
+@pytest.fixture
+def system(live_server: LiveServer, tmp_path: Path) -> Iterator[AgentSystem]:
+    with running_system(live_server, tmp_path) as running:
+        yield running
+
+
+def test_hung_check_is_killed_with_its_grandchildren_and_reported_critical_in_time(
+    system: AgentSystem, record_property: pytest.RecordProperty
+) -> None:
+    marker = f"aami-hang-{uuid.uuid4().hex}"
+    runs = system.plugin_dir / "runs.txt"  # "plugin-pid grandchild-pid" per run
+    plugins = {
+        "orphan-holds-stdout": system.write_plugin("orphan_holds_stdout", f"""
+echo "plugin $$ started its grandchild"
+python3 -c '{SLEEPER}' {marker} &
+echo "$$ $!" >> {runs}
+exit 0
+"""),
+        "waits-for-grandchild": system.write_plugin("waits_for_grandchild", f"""
+echo "plugin $$ waiting for its grandchild"
+python3 -c '{SLEEPER}' {marker} &
+echo "$$ $!" >> {runs}
+wait
+"""),
+    }
+    for check_id, path in plugins.items():
+        # A long interval: each runs once, when forced, rather than on its own schedule.
+        system.add_check(check_id, [path], interval="600s", timeout=f"{TIMEOUT_S}s")
+    system.agent.wait_for_status(lambda s: set(plugins) <= set(s.get("checks", {})), 10,
+                                 "both hanging checks scheduled")
+    for check_id in plugins:
+        system.admin.force_check(system.agent_id, check_id)
+
+    results = {}
+    seen_at = {}
+    for check_id in plugins:
+        results[check_id] = system.wait_for_results(check_id, timeout=20)[-1]
+        seen_at[check_id] = time.time()
+
+    timings = {}
+    for check_id, result in results.items():
+        assert (result["status"], result["exit_code"]) == ("critical", 2), result
+        lines = result["output"].splitlines()
+        assert lines[0] == f"CRITICAL: check timed out after {TIMEOUT_S}s", result["output"]
+        assert "started its grandchild" in result["output"] or "waiting" in result["output"]
+        # Killed on time: SIGTERM at the timeout, SIGKILL half a second later at most.
+        assert TIMEOUT_S * 1000 <= result["duration_ms"] <= (TIMEOUT_S + 1) * 1000, result
+        started = parse_time(result["executed_at"])
+        finished = started + result["duration_ms"] / 1000
+        timings[check_id] = {
+            "duration_ms": result["duration_ms"],
+            "visible_on_server_after_start_s": round(seen_at[check_id] - started, 3),
+        }
+        assert finished <= started + TIMEOUT_S + 1
+        # Delivery adds the agent's flush interval and the worker's ingestion on top.
+        assert seen_at[check_id] - started < TIMEOUT_S + 1 + 3, timings
+
+    # Nothing of either tree is left: not the plugins, not the grandchildren.
+    recorded = [int(pid) for line in runs.read_text().split("\n") if line
+                for pid in line.split()]
+    assert len(recorded) >= 4, runs.read_text()
+    survivors = processes_with_arg(marker)
+    assert survivors == [], f"processes of the killed checks still run: {survivors}"
+    assert [pid for pid in recorded if alive(pid)] == []
+
+    # The agent itself carries on: it is the same process, and still running checks.
+    pid = system.agent.pid
+    system.add_check("after", ["/usr/lib/nagios/plugins/check_dummy", "0", "still here"],
+                     interval="1s", timeout="1s")
+    system.wait_for_results("after", output="OK: still here", timeout=10)
+    assert system.agent.pid == pid
+    wait_until(lambda: not processes_with_arg(marker), 1, "no marked process")
+    record_property("timeouts", timings)
+    print("hung checks:", timings)
