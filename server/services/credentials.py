@@ -8,7 +8,7 @@ the agent's secrets, so the whole family is revoked and the agent must re-regist
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
@@ -17,6 +17,11 @@ from server.errors import Unauthorized
 from server.models import AgentCredential, new_uuid, utcnow
 from server.security.jwt_tokens import JwtConfig, issue_access_token
 from server.security.secrets import REFRESH_PREFIX, hash_secret, new_secret
+
+
+# A spent refresh token presented again within this many seconds, with nothing newer in
+# its family used yet, is an agent retrying after a lost reply, not a stolen token.
+REUSE_GRACE_S = 10
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,8 @@ def is_live_refresh_token(session: Session, agent_id: str, refresh_token: str) -
 def rotate(
     session: Session, jwt_config: JwtConfig, agent_id: str, refresh_token: str, refresh_ttl: int
 ) -> TokenPair:
-    """Spend ``refresh_token`` and issue the next pair; reuse revokes the family.
+    """Spend ``refresh_token`` and issue the next pair; reuse revokes the family
+    (after the short grace for a retried request whose reply was lost).
 
     Spending is a conditional UPDATE so two concurrent refreshes with one token cannot
     both succeed.
@@ -126,6 +132,11 @@ def rotate(
         .execution_options(synchronize_session=False)
     )
     if spent.rowcount != 1:  # type: ignore[attr-defined]
+        if _is_retry_of_lost_reply(session, row, now):
+            # The agent never saw the reply to its first use (timeout, restart). Its
+            # retry gets a fresh pair; the pair it never received stops working.
+            revoke_family(session, row.family_id)
+            return _issue(session, jwt_config, agent_id, row.family_id, refresh_ttl)
         revoke_family(session, row.family_id)
         session.commit()
         raise Unauthorized(
@@ -134,6 +145,22 @@ def rotate(
             code="refresh_token_reused",
         )
     return _issue(session, jwt_config, agent_id, row.family_id, refresh_ttl)
+
+
+def _is_retry_of_lost_reply(session: Session, row: AgentCredential, now: datetime) -> bool:
+    """Spent moments ago, and nothing newer in its family has been used since."""
+    session.refresh(row)
+    if row.spent_at is None or now - row.spent_at > timedelta(seconds=REUSE_GRACE_S):
+        return False
+    used_later = session.scalar(
+        select(
+            exists().where(
+                AgentCredential.family_id == row.family_id,
+                AgentCredential.spent_at > row.spent_at,
+            )
+        )
+    )
+    return not used_later
 
 
 def revoke_family(session: Session, family_id: str) -> None:

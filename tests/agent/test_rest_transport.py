@@ -27,7 +27,7 @@ from agent.errors import (
     RetryLater,
     TransportError,
 )
-from agent.transport.base import NOT_MODIFIED, Assignment, Registration
+from agent.transport.base import NOT_MODIFIED, Assignment, Command, Registration
 from agent.transport.rest import LONG_POLL_MARGIN, RestTransport, parse_retry_after
 
 AGENT_ID = "6f1c2e9a-3b7d-4c1e-9f00-1234567890ab"

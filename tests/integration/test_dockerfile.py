@@ -46,7 +46,7 @@ class BuiltImage:
 
     @property
     def wheel(self) -> Path:
-        wheels = list(self.replay.stages["builder"].host("/src").glob("**/aami-*.whl"))
+        wheels = list(self.replay.stages["builder"].root.glob("**/aami-*.whl"))
         assert len(wheels) == 1, wheels
         return wheels[0]
 

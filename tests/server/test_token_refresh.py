@@ -108,3 +108,27 @@ def test_refresh_for_a_deleted_target_is_refused(client, register, admin_headers
     assert deleted.status_code == 204
     reply = _refresh(client, agent["agent_id"], agent["refresh_token"])
     assert_error(reply, 401, "invalid_refresh_token")
+
+
+def test_retry_after_a_lost_reply_gets_a_fresh_pair(client, register):
+    agent = register(agent_id=new_agent_id())
+    lost = _refresh(client, agent["agent_id"], agent["refresh_token"]).get_json()["refresh_token"]
+    # The agent never saw that reply and tries again with the token it still holds.
+    retry = _refresh(client, agent["agent_id"], agent["refresh_token"])
+    assert retry.status_code == 200, retry.get_json()
+    # The pair it never received stops working; the new one works.
+    assert_error(_refresh(client, agent["agent_id"], lost), 401, "invalid_refresh_token", "revoked")
+    assert _refresh(client, agent["agent_id"], retry.get_json()["refresh_token"]).status_code == 200
+
+
+def test_old_spent_token_outside_the_grace_is_reuse(app, client, register):
+    agent = register(agent_id=new_agent_id())
+    _refresh(client, agent["agent_id"], agent["refresh_token"])
+    with get_database(app).session() as session:
+        session.execute(
+            update(AgentCredential)
+            .where(AgentCredential.spent_at.is_not(None))
+            .values(spent_at=utcnow() - timedelta(minutes=5))
+        )
+    reused = _refresh(client, agent["agent_id"], agent["refresh_token"])
+    assert_error(reused, 401, "refresh_token_reused", mentions="re-register")
