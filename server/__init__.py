@@ -26,6 +26,7 @@ def init_extensions(app: Flask, settings: Settings) -> None:
     from server.jobs import context, sinks
     from server.jobs.queues import JobQueues
     from server.redis_conn import connect
+    from server.services import policy
     from server.services.notify import ChangeNotifier
 
     database = db.Database(settings.database_url())
@@ -42,6 +43,32 @@ def init_extensions(app: Flask, settings: Settings) -> None:
     # both use this app's database and Redis.
     context.configure(settings, database, client)
     sinks.install()
+    policy.install()
+    app.extensions[extensions.POLICY_KEY] = _policy_key(settings)
+
+
+def _policy_key(settings: Settings) -> Any:
+    """The check-policy signing key: the configured file, or one the embedded server
+    makes for itself. A production server without one sends unsigned policies, which
+    agents that pin policy keys refuse."""
+    import logging
+
+    from server.errors import SettingsError
+    from server.security import policy as policy_keys
+
+    path = settings.policy_key_path()
+    try:
+        if settings.POLICY_KEY_FILE or path.exists():
+            return policy_keys.load_policy_key(path)
+        if settings.embedded:
+            return policy_keys.create_policy_key(path)
+    except policy_keys.PolicyKeyError as exc:
+        raise SettingsError(f"AAMI_POLICY_KEY_FILE: {exc}") from None
+    logging.getLogger(__name__).warning(
+        "no AAMI_POLICY_KEY_FILE: check policies are sent unsigned "
+        "(create a key with 'aami-server policy-key create')"
+    )
+    return None
 
 
 def register_blueprints(app: Flask) -> None:

@@ -10,6 +10,8 @@ from flask import current_app
 from server.settings import Settings
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from server.jobs.queues import JobQueues
     from server.services.notify import ChangeNotifier
 
@@ -17,6 +19,7 @@ SETTINGS = "aami.settings"
 REDIS = "aami.redis"
 NOTIFIER = "aami.notifier"
 QUEUES = "aami.queues"
+POLICY_KEY = "aami.policy_key"
 
 
 def settings() -> Settings:
@@ -29,6 +32,10 @@ def redis_client() -> redis.Redis:
 
 def notifier() -> ChangeNotifier:
     return current_app.extensions[NOTIFIER]
+
+
+def policy_key() -> Ed25519PrivateKey | None:
+    return current_app.extensions[POLICY_KEY]
 
 
 def job_queues() -> JobQueues:

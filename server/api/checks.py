@@ -12,9 +12,10 @@ from server.api import schemas
 from server.api.auth import current_caller
 from server.api.routing import route
 from server.db import db_session
-from server.extensions import notifier, redis_client, settings
+from server.extensions import notifier, policy_key, redis_client, settings
 from server.services import checks as check_service
 from server.services import commands
+from server.services.policy import signed_assignment
 from server.services.targets import get_target
 
 bp = Blueprint("checks", __name__, url_prefix="/api/v1")
@@ -118,7 +119,8 @@ def assigned_checks(agent_id: str, query: dict[str, Any]) -> Response:
         response = Response(status=304)
     else:
         assignment["commands"] = commands.take_commands(redis_client(), agent_id) if pending else []
-        response = jsonify(schemas.AgentChecksReply().dump(assignment))
+        signed = signed_assignment(session, assignment, policy_key())
+        response = jsonify(schemas.AgentChecksReply().dump(signed))
     response.set_etag(version)
     response.headers["Cache-Control"] = "no-cache"
     return response

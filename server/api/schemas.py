@@ -176,10 +176,22 @@ class CheckReply(StrictSchema):
     updated_at = fields.DateTime()
 
 
+class PolicySignature(StrictSchema):
+    algorithm = fields.String(required=True, metadata={"example": "ed25519"})
+    key_id = fields.String(required=True)
+    value = fields.String(required=True, metadata={"description": "base64 Ed25519 signature"})
+
+
 class AgentChecksReply(StrictSchema):
+    """The signed policy: ``signature`` covers the canonical JSON of target_id,
+    config_version, checks, serial and issued_at."""
+
     target_id = fields.String(required=True)
     config_version = fields.String(required=True)
     checks = fields.List(fields.Nested(CheckReply), required=True)
+    serial = fields.Integer(required=True, metadata={"description": "grows with every change"})
+    issued_at = fields.String(required=True)
+    signature = fields.Nested(PolicySignature)
     commands = fields.List(fields.Nested(AgentCommand), required=True)
 
 

@@ -18,7 +18,6 @@ from server.models import AgentCredential, new_uuid, utcnow
 from server.security.jwt_tokens import JwtConfig, issue_access_token
 from server.security.secrets import REFRESH_PREFIX, hash_secret, new_secret
 
-
 # A spent refresh token presented again within this many seconds, with nothing newer in
 # its family used yet, is an agent retrying after a lost reply, not a stolen token.
 REUSE_GRACE_S = 10

@@ -33,10 +33,13 @@ def status_label(status: str | None) -> str:
     return STATUS_LABELS.get(status, status.capitalize())
 
 
-def as_utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
+def utc(value: datetime) -> datetime:
+    """Aware and in UTC (a naive value is taken to be UTC already)."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    return None if value is None else utc(value)
 
 
 def iso(value: datetime | None) -> str | None:

@@ -57,6 +57,7 @@ wait
         system.add_check(check_id, [path], interval="600s", timeout=f"{TIMEOUT_S}s")
     system.agent.wait_for_status(lambda s: set(plugins) <= set(s.get("checks", {})), 10,
                                  "both hanging checks scheduled")
+    forced_at = time.time()
     for check_id in plugins:
         system.admin.force_check(system.agent_id, check_id)
 
@@ -75,6 +76,9 @@ wait
         # Killed on time: SIGTERM at the timeout, SIGKILL half a second later at most.
         assert TIMEOUT_S * 1000 <= result["duration_ms"] <= (TIMEOUT_S + 1) * 1000, result
         started = parse_time(result["executed_at"])
+        # Forcing works while the agent is parked in its long-poll: the reply hands over
+        # the command (the next heartbeat may be up to 30 s away).
+        assert started - forced_at < 1.5, (started - forced_at, system.logs())
         finished = started + result["duration_ms"] / 1000
         timings[check_id] = {
             "duration_ms": result["duration_ms"],

@@ -102,9 +102,13 @@ class World:
         return self.client.post(REGISTER, json={"token": token, "hostname": "h"})
 
     def spent_refresh_token(self) -> Any:
+        """Replay a refresh token after its successor was used (not a lost-reply retry)."""
         agent_id, first = self.a["agent_id"], self.a["refresh_token"]
         url = f"/api/v1/agents/{agent_id}/token"
-        assert self.client.post(url, json={"refresh_token": first}).status_code == 200
+        reply = self.client.post(url, json={"refresh_token": first})
+        assert reply.status_code == 200
+        second = reply.get_json()["refresh_token"]
+        assert self.client.post(url, json={"refresh_token": second}).status_code == 200
         return self.client.post(url, json={"refresh_token": first})
 
 
