@@ -3,7 +3,9 @@
 Server data is checked entry by entry: one bad check is logged and skipped, the others
 still run. Unknown keys in an entry are ignored so that a newer server can add fields.
 The last good assignment is kept in ``state_dir/assignment.json`` so an agent that
-starts while the server is unreachable still runs its checks.
+starts while the server is unreachable still runs its checks. It keeps the policy's
+serial and signature too: the serial is the replay floor (agent/policy.py), so a restart
+does not accept an older policy again, and the signature lets the cache be verified.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 from agent.durations import parse_duration
 from agent.fileio import write_json
 from agent.model import CheckSpec, ResourceLimits
-from agent.transport.base import Assignment
+from agent.transport.base import Assignment, PolicySignature
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,12 @@ def parse_check(entry: object, default_timeout: float) -> CheckSpec:
     if (not isinstance(command, list) or not command
             or not all(isinstance(arg, str) for arg in command) or not command[0]):
         raise InvalidCheck(f"{where}: command must be a non-empty list of strings")
+    shell = entry.get("shell")
+    if shell is not None and not isinstance(shell, bool):
+        raise InvalidCheck(f"{where}: shell must be true or false")
+    if shell and len(command) != 1:
+        raise InvalidCheck(f"{where}: a shell check's command must be one string: "
+                           "the command line for /bin/sh -c")
     interval = _duration(entry.get("interval"), f"{where}: interval", None)
     timeout = _duration(entry.get("timeout"), f"{where}: timeout", default_timeout)
     return CheckSpec(
@@ -73,6 +81,7 @@ def parse_check(entry: object, default_timeout: float) -> CheckSpec:
         timeout=timeout,
         limits=_limits(entry.get("limits"), where),
         env=_env(entry.get("env"), where),
+        shell=bool(shell),
     )
 
 
@@ -135,16 +144,36 @@ class AssignmentCache:
             log.warning("ignoring malformed cached assignment %s", self.path)
             return None
         etag, version = data.get("etag"), data.get("config_version")
+        target_id, serial = data.get("target_id"), data.get("serial")
+        issued_at, signature = data.get("issued_at"), data.get("signature")
         return Assignment(
             etag=etag if isinstance(etag, str) else None,
             config_version=version if isinstance(version, str) else None,
             checks=data["checks"],
+            target_id=target_id if isinstance(target_id, str) else None,
+            serial=serial if isinstance(serial, int) and not isinstance(serial, bool) else None,
+            issued_at=issued_at if isinstance(issued_at, str) else None,
+            signature=_signature(signature),
         )
 
     def save(self, assignment: Assignment) -> None:
+        """Replace the cache atomically (with the serial: see the module docstring)."""
+        signature = assignment.signature
         write_json(
             self.path,
             {"etag": assignment.etag, "config_version": assignment.config_version,
-             "checks": assignment.checks},
+             "checks": assignment.checks, "target_id": assignment.target_id,
+             "serial": assignment.serial, "issued_at": assignment.issued_at,
+             "signature": None if signature is None else {
+                 "algorithm": signature.algorithm, "key_id": signature.key_id,
+                 "value": signature.value}},
             mode=0o600,  # check environments may carry secrets
         )
+
+
+def _signature(raw: object) -> PolicySignature | None:
+    if not isinstance(raw, dict):
+        return None
+    return PolicySignature(algorithm=str(raw.get("algorithm") or ""),
+                           key_id=str(raw.get("key_id") or ""),
+                           value=str(raw.get("value") or ""))

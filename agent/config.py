@@ -8,6 +8,9 @@ Relative paths are resolved against the directory of the configuration file.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
 import functools
 import os
 import re
@@ -40,6 +43,9 @@ class TLSConfig:
     ca_cert: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
+    enroll: bool = False
+    """Get (and renew) the client certificate from the server's CA (agent/enrollment.py).
+    The certificate and key paths then default into ``agent.state_dir``."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,8 @@ class ServerConfig:
     tls: TLSConfig
     bootstrap_token: str | None = None
     bootstrap_token_file: Path | None = None
+    policy_keys: tuple[str, ...] = ()
+    """Base64 raw Ed25519 public keys trusted to sign check policies (agent/policy.py)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,12 @@ class ChecksConfig:
     allowed_paths: tuple[str, ...]
     default_limits: ResourceLimits
     output_limit: int
+    allow_shell: bool = False
+    """Whether a check may ask for ``/bin/sh -c`` (``"shell": true``)."""
+    run_as: str | None = None
+    """User (name or uid) checks run as when the agent is root; None: the default."""
+    no_new_privs: bool = True
+    """Set no_new_privs in checks, so set-user-ID programs gain nothing."""
 
 
 @dataclass(frozen=True)
@@ -220,6 +234,13 @@ def _build(path: Path, data: dict[Any, Any], *, check_files: bool) -> Config:
     root.reject_unknown(_SECTIONS)
     server = _build_server(root.section("server"), check_files=check_files)
     agent = _build_agent(root.section("agent"))
+    if server.tls.enroll:
+        # Enrolled files live with the rest of the agent's state unless placed elsewhere.
+        server = dataclasses.replace(server, tls=dataclasses.replace(
+            server.tls,
+            client_cert=server.tls.client_cert or agent.state_dir / defaults.CLIENT_CERT_FILE,
+            client_key=server.tls.client_key or agent.state_dir / defaults.CLIENT_KEY_FILE,
+        ))
     heartbeat = _build_heartbeat(root.section("heartbeat"))
     checks = _build_checks(root.section("checks"))
     results = _build_results(root.section("results"))
@@ -252,6 +273,7 @@ def _build_server(section: _Section, *, check_files: bool) -> ServerConfig:
     ca_cert = tls_section.optional_path("ca_cert")
     client_cert = tls_section.optional_path("client_cert")
     client_key = tls_section.optional_path("client_key")
+    enroll = bool(tls_section.optional_boolean("enroll"))
     tls_section.finish()
 
     address, scheme_was_given = _normalise_address(section, enabled)
@@ -260,8 +282,9 @@ def _build_server(section: _Section, *, check_files: bool) -> ServerConfig:
         ca_cert=ca_cert,
         client_cert=client_cert,
         client_key=client_key,
+        enroll=enroll,
     )
-    if client_key is not None and client_cert is None:
+    if client_key is not None and client_cert is None and not enroll:
         section.fail("tls.client_key", "is set but tls.client_cert is not")
     if not tls.enabled and (ca_cert or client_cert):
         section.fail(
@@ -269,9 +292,17 @@ def _build_server(section: _Section, *, check_files: bool) -> ServerConfig:
             "certificates are configured but TLS is off "
             + ("(server.address uses http://)" if scheme_was_given else "(set enabled: true)"),
         )
+    if enroll and not tls.enabled:
+        section.fail(
+            "tls.enroll",
+            "a client certificate needs TLS "
+            + ("(server.address uses http://)" if scheme_was_given else "(set enabled: true)"),
+        )
     if check_files:
-        for key, file in (("tls.ca_cert", ca_cert), ("tls.client_cert", client_cert),
-                          ("tls.client_key", client_key)):
+        files = [("tls.ca_cert", ca_cert)]
+        if not enroll:  # an enrolling agent creates them
+            files += [("tls.client_cert", client_cert), ("tls.client_key", client_key)]
+        for key, file in files:
             if file is not None:
                 section.require_readable(key, file)
 
@@ -279,9 +310,10 @@ def _build_server(section: _Section, *, check_files: bool) -> ServerConfig:
     token_file = section.optional_path("bootstrap_token_file")
     if token and token_file:
         section.fail("bootstrap_token", "set either bootstrap_token or bootstrap_token_file")
+    policy_keys = section.policy_keys("policy_keys")
     section.finish()
     return ServerConfig(address=address, tls=tls, bootstrap_token=token,
-                        bootstrap_token_file=token_file)
+                        bootstrap_token_file=token_file, policy_keys=policy_keys)
 
 
 def _normalise_address(section: _Section, tls_enabled: bool | None) -> tuple[str, bool]:
@@ -348,10 +380,15 @@ def _build_checks(section: _Section) -> ChecksConfig:
     ).merged_over(DEFAULT_LIMITS)
     limits_section.finish()
     output_limit = section.size("output_limit", defaults.OUTPUT_LIMIT_BYTES, minimum=256)
+    allow_shell = bool(section.optional_boolean("allow_shell"))
+    run_as = section.run_as("run_as")
+    no_new_privs = section.optional_boolean("no_new_privs")
     section.finish()
     return ChecksConfig(default_timeout=default_timeout, max_concurrent=max_concurrent,
                         result_buffer_size=buffer_size, allowed_paths=allowed,
-                        default_limits=limits, output_limit=output_limit)
+                        default_limits=limits, output_limit=output_limit,
+                        allow_shell=allow_shell, run_as=run_as,
+                        no_new_privs=True if no_new_privs is None else no_new_privs)
 
 
 def _build_results(section: _Section) -> ResultsConfig:
@@ -524,6 +561,57 @@ class _Section:
                 self.fail(f"{key}.{name}", f"expected a string, got {_type_name(item)}")
             result[name] = item
         return result
+
+    def policy_keys(self, key: str) -> tuple[str, ...]:
+        """A list of base64 raw Ed25519 public keys (32 bytes each)."""
+        value = self._get(key)
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            self.fail(key, f"expected a list of base64 public keys, got {_type_name(value)}")
+        keys: list[str] = []
+        for index, item in enumerate(value):
+            text = item.strip() if isinstance(item, str) else ""
+            try:
+                raw = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                raw = b""
+            if len(raw) != 32:
+                self.fail(f"{key}[{index}]", f"{item!r} is not a base64 Ed25519 public key "
+                          "(32 raw bytes, as `aami-server policy-key show` prints it)")
+            if text not in keys:
+                keys.append(text)
+        return tuple(keys)
+
+    def run_as(self, key: str) -> str | None:
+        """A user name or uid the checks run as; it must exist on this host.
+
+        Left out: None, and when the agent runs as root ``nobody`` must exist, so that
+        a host without it says so at start-up rather than running checks as root.
+        """
+        from agent.sandbox import DEFAULT_CHECK_USER, resolve_user
+
+        value = self._get(key)
+        if value is None or value == "":
+            if os.geteuid() == 0:
+                try:
+                    resolve_user(DEFAULT_CHECK_USER)
+                except LookupError:
+                    self.fail(key, f"the agent runs as root and the default check user "
+                              f"{DEFAULT_CHECK_USER!r} does not exist on this host: set "
+                              "checks.run_as to an unprivileged user (or root, to run "
+                              "checks as root)")
+            return None
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            self.fail(key, f"expected a user name or uid, got {_type_name(value)} {value!r}")
+        text = str(value).strip()
+        try:
+            resolve_user(text)
+        except LookupError as exc:
+            self.fail(key, str(exc))
+        return text
 
     def require_readable(self, key: str, file: Path) -> None:
         if not file.is_file():

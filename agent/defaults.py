@@ -46,3 +46,22 @@ CREDENTIALS_FILE = "credentials.json"
 ASSIGNMENT_FILE = "assignment.json"
 SPOOL_FILE = "spool.db"
 STATUS_FILE = "status.json"
+# Written by certificate enrollment (server.tls.enroll) unless the config names paths.
+CLIENT_CERT_FILE = "agent.crt"
+CLIENT_KEY_FILE = "agent.key"
+# The server CA's certificate as enrollment received it (when tls.ca_cert is not set), and
+# the bundle the agent verifies the server with: the default CAs plus that one.
+ENROLLED_CA_FILE = "ca.crt"
+ENROLLED_CA_BUNDLE = "ca-bundle.crt"
+
+# Renew the client certificate once this share of its lifetime has passed.
+CERT_RENEW_FRACTION = 2 / 3
+# After a failed enrollment or renewal, try again after this long (then back off up to
+# CERT_RETRY_CAP); a server without a CA is asked again after CERT_NO_CA_RETRY.
+CERT_RETRY = 60.0
+CERT_RETRY_CAP = 3600.0
+CERT_NO_CA_RETRY = 3600.0
+
+# After a refused (unverifiable, replayed) policy, fetch again after this long rather than
+# at once: the server keeps sending the same reply until an operator fixes it.
+POLICY_REFUSED_PAUSE = 30.0

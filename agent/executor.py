@@ -4,10 +4,13 @@ The rules (see DESIGN.md, "Check semantics"):
 
 * argv, never a shell; the program must resolve, symlinks and ``..`` followed, to a file
   inside one of the allowed directories. We exec the resolved path, so the file we vetted
-  is the file that runs.
-* The plugin gets its own session and process group, a scrubbed environment and resource
-  limits set in the child before exec (agent/limits.py). On timeout the whole group gets
-  SIGTERM, then SIGKILL after a short grace.
+  is the file that runs. The one exception is a check that asks for a shell
+  (``"shell": true``, one command line) on an agent whose operator allowed it
+  (``checks.allow_shell``): it runs as ``/bin/sh -c LINE``.
+* The plugin gets its own session and process group, a scrubbed environment, and in the
+  child before exec: resource limits, no_new_privs and an unprivileged user
+  (agent/sandbox.py). On timeout the whole group gets SIGTERM, then SIGKILL after a short
+  grace.
 * A check is finished when its output pipe is closed *and* the plugin exited. A plugin that
   leaves a background process holding its stdout is therefore still running, and times out
   like any other hung plugin; this is why output is read with a deadline (``poll`` on the
@@ -31,10 +34,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-from agent import limits as rlimits
 from agent.durations import format_duration
 from agent.model import CheckResult, CheckSpec, ResourceLimits, status_for_exit_code
 from agent.perfdata import parse_plugin_output
+from agent.sandbox import CheckUser, make_preexec
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,10 @@ BASE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 KILL_GRACE_SECONDS = 0.5
 #: How long to wait for the last output after the group was killed.
 DRAIN_SECONDS = 0.25
+#: The shell of ``"shell": true`` checks; outside allowed_paths on purpose: allowing shell
+#: checks (checks.allow_shell) is the operator's explicit decision to run it.
+SHELL = "/bin/sh"
+SHELL_DISABLED = "shell checks are disabled on this agent (checks.allow_shell)"
 
 EXIT_CRITICAL = 2
 EXIT_UNKNOWN = 3
@@ -88,13 +95,22 @@ class Executor:
         allowed_paths: Sequence[str],
         default_limits: ResourceLimits,
         output_limit_bytes: int = DEFAULT_OUTPUT_LIMIT_BYTES,
+        *,
+        allow_shell: bool = False,
+        user: CheckUser | None = None,
+        no_new_privs: bool = False,
     ) -> None:
+        """``user``: whom checks run as (None: as the agent); ``no_new_privs``: exec
+        grants no privileges to checks (set-user-ID programs run unprivileged)."""
         if output_limit_bytes < 1:
             raise ValueError(f"output_limit_bytes must be positive, got {output_limit_bytes}")
         # Resolved once: the allowed directories are root-owned and do not move at runtime.
         self._allowed_dirs = tuple(os.path.realpath(p) for p in allowed_paths)
         self._default_limits = default_limits
         self._output_limit = output_limit_bytes
+        self._allow_shell = allow_shell
+        self._user = user
+        self._no_new_privs = no_new_privs
 
     @property
     def allowed_paths(self) -> tuple[str, ...]:
@@ -130,18 +146,27 @@ class Executor:
             raise _Refused("command arguments must be strings without NUL bytes")
         if not spec.timeout > 0:
             raise _Refused(f"invalid timeout {spec.timeout!r}")
-        path = self._resolve(spec.command[0])
+        if spec.shell:
+            if not self._allow_shell:
+                raise _Refused(SHELL_DISABLED)
+            if len(spec.command) != 1:
+                raise _Refused("a shell check's command must be one command line")
+            path, argv = SHELL, [SHELL, "-c", spec.command[0]]
+        else:
+            path, argv = self._resolve(spec.command[0]), list(spec.command)
         _check_executable(path)
         env = _build_env(spec.env)
         limits = _merged_limits(spec.limits, self._default_limits)
         try:
-            rlimits.rlimit_settings(limits)
+            preexec = make_preexec(limits, user=self._user, no_new_privs=self._no_new_privs)
         except ValueError as exc:
             raise _Refused(str(exc)) from None
+        except (OSError, AttributeError) as exc:  # no prctl in this libc
+            raise _Refused(f"cannot set no_new_privs (checks.no_new_privs): {exc}") from None
 
         try:
             proc = subprocess.Popen(
-                list(spec.command),
+                argv,
                 executable=path,  # the vetted file; argv[0] stays as configured
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -149,14 +174,19 @@ class Executor:
                 env=env,
                 cwd="/",
                 start_new_session=True,
-                preexec_fn=rlimits.make_preexec(limits),
+                preexec_fn=preexec,
                 bufsize=0,
             )
-        except subprocess.SubprocessError as exc:
-            # Only a failing preexec_fn raises this: the limits could not be set in the child.
-            raise _Refused(f"could not apply resource limits: {exc}") from None
+        except subprocess.SubprocessError:
+            # Only a failing preexec_fn raises this, and its own message is lost on the way.
+            raise _Refused(
+                "could not set up the check's sandbox in the child (resource limits, "
+                "no_new_privs or switching to user "
+                f"{self._user.name if self._user else '(unchanged)'})"
+            ) from None
         except OSError as exc:
-            raise _Refused(f"cannot execute {path}: {exc.strerror or exc}") from None
+            who = f" as user {self._user.name}" if self._user is not None else ""
+            raise _Refused(f"cannot execute {path}{who}: {exc.strerror or exc}") from None
         try:
             return self._supervise(proc, spec, started)
         finally:

@@ -44,6 +44,8 @@ class CheckSpec:
     timeout: float
     limits: ResourceLimits = field(default_factory=ResourceLimits)
     env: Mapping[str, str] = field(default_factory=dict)
+    shell: bool = False
+    """``command`` is one shell command line for ``/bin/sh -c`` (only where allowed)."""
 
 
 @dataclass

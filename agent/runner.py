@@ -7,7 +7,12 @@ move work between them.
        ^                                              | on_result
        |                                              v
        +---- sender loop <--peek/ack-- Spool <--append-+
-       +---- heartbeat loop (liveness; delivers commands -> Scheduler.run_now)
+       +---- heartbeat loop (liveness; delivers commands -> Scheduler.run_now;
+                             renews the client certificate when enrolled)
+
+An assignment runs only once :mod:`agent.policy` accepted it (when policy keys are
+configured); a refused one leaves the scheduler untouched and is reported in the
+heartbeat's ``policy_error``.
 
 Each loop is a thread that runs one step, then sleeps for as long as the step asked (or
 its backoff says, after a failure) unless it is woken. A failed step never ends a loop:
@@ -34,12 +39,15 @@ from agent.auth import Authenticator
 from agent.backoff import Backoff
 from agent.config import Config, load_config
 from agent.credentials import CredentialStore
+from agent.enrollment import CertificateManager
 from agent.errors import AgentError, ConfigError, RequestRejected, RetryLater
 from agent.executor import Executor, iso_utc
 from agent.fileio import write_json
 from agent.identity import load_or_create_agent_id
 from agent.logs import setup_logging
 from agent.model import CheckResult, CheckSpec
+from agent.policy import PolicyRejected, PolicyVerifier
+from agent.sandbox import check_user
 from agent.scheduler import CheckRunner, Scheduler
 from agent.spool import Spool
 from agent.status import StatusBoard, pid_running, read_status
@@ -64,7 +72,20 @@ class _SwappableExecutor:
 
 def build_executor(config: Config) -> CheckRunner:
     checks = config.checks
-    return Executor(checks.allowed_paths, checks.default_limits, checks.output_limit)
+    return Executor(checks.allowed_paths, checks.default_limits, checks.output_limit,
+                    allow_shell=checks.allow_shell, user=check_user(checks.run_as),
+                    no_new_privs=checks.no_new_privs)
+
+
+def build_policy_verifier(config: Config) -> PolicyVerifier | None:
+    """The verifier of signed policies, or None when no policy keys are configured."""
+    if not config.server.policy_keys:
+        return None
+    try:
+        return PolicyVerifier(config.server.policy_keys)
+    except ImportError as exc:
+        raise ConfigError(f"{config.path}: server.policy_keys: verifying policies needs the "
+                          f"Python package 'cryptography' ({exc})") from exc
 
 
 def build_transport(config: Config) -> Transport:
@@ -117,10 +138,17 @@ class Agent:
         self.agent_id = load_or_create_agent_id(config.agent.id_file)
         self.version = agent_version()
         self.transport = transport or build_transport(config)
+        self.policy = build_policy_verifier(config)
+        self.certificates: CertificateManager | None = None
+        if config.server.tls.enroll:
+            self.certificates = self._certificate_manager(config)
+            self.certificates.on_change = self._use_certificate
+            self._use_certificate()  # the pair on disk, vetted (or none)
         self.auth = Authenticator(
             self.transport,
             CredentialStore(state_dir / defaults.CREDENTIALS_FILE),
             registration_for(config, self.agent_id),
+            enrollment=self.certificates,
         )
         self._executor = _SwappableExecutor(executor or build_executor(config))
         spool_path = state_dir / defaults.SPOOL_FILE
@@ -150,6 +178,9 @@ class Agent:
         self._lost = 0  # results that could not even be spooled
         self._assignment: Assignment | None = None
         self._policy_error: str | None = None
+        self._policy_serial: int | None = None  # of the last accepted policy: replay floor
+        self._refused_version: str | None = None
+        self._last_refusal: tuple[str | None, str] | None = None
         self._seen_commands: OrderedDict[str, None] = OrderedDict()
         self._threads: list[threading.Thread] = []
 
@@ -163,10 +194,24 @@ class Agent:
         """
         if self.auth.credentials is None:
             self.config.read_bootstrap_token()
+        if self.policy is None:
+            log.warning("check policies from the server are not verified "
+                        "(server.policy_keys is not set)")
+        else:
+            log.info("verifying check policies with key(s) %s", ", ".join(self.policy.key_ids))
         cached = self.cache.load()
         if cached is not None:
-            log.info("running %d cached check(s) until the server answers", len(cached.checks))
-            self._apply(cached)
+            # Its serial is the floor from the start, even if the cache itself is refused:
+            # a restart must not reopen the window for older policies.
+            self._policy_serial = cached.serial
+            try:
+                self._admit(cached)
+            except PolicyRejected as exc:
+                self._refuse(cached, exc, source=f"the cached policy {self.cache.path}")
+            else:
+                log.info("running %d cached check(s) until the server answers",
+                         len(cached.checks))
+                self._apply(cached)
         self.scheduler.start()
         self.status.update(state="running")
         for name, target in (
@@ -283,6 +328,8 @@ class Agent:
         while not self._stop.is_set():
             try:
                 delay = step()
+                if backoff.attempts:
+                    self._server_back(wake)
                 backoff.reset()
             except Exception as exc:
                 if self._stop.is_set():
@@ -294,6 +341,17 @@ class Agent:
             if delay > 0:
                 wake.wait(delay)
             wake.clear()
+
+    def _server_back(self, own: threading.Event) -> None:
+        """The server answers again: cut the other loops' backoff short.
+
+        Each loop backs off on its own, up to BACKOFF_CAP, so after a long outage the
+        sender could sleep for most of a minute with the server long back. A Retry-After
+        is still honoured: that wait does not listen to wake-ups.
+        """
+        for event in (self._wake_sender, self._wake_heartbeat, self._wake_sync):
+            if event is not own:
+                event.set()
 
     def _failed(self, name: str, exc: Exception, backoff: Backoff) -> float:
         """Report a failed step; returns how long to back off before the next one."""
@@ -348,10 +406,13 @@ class Agent:
             lambda c: self.transport.heartbeat(c.agent_id, c.access_token, beat))
         self.status.connected(last_heartbeat_at=iso_utc(time.time()))
         applied = self._assignment.config_version if self._assignment else None
-        if reply.config_version and reply.config_version != applied:
+        # A version we refused is fetched again after a pause, not at every heartbeat.
+        if reply.config_version and reply.config_version not in (applied,
+                                                                  self._refused_version):
             self._wake_sync.set()  # in case the long-poll is backing off
         for command in reply.commands:
             self._execute(command)
+        self._renew_certificate_if_due()
         interval = (reply.heartbeat_interval or self.auth.heartbeat_interval
                     or self.config.heartbeat.interval)
         return max(interval, defaults.MIN_HEARTBEAT_INTERVAL)
@@ -394,25 +455,64 @@ class Agent:
             return 0
         assert isinstance(result, Assignment)
         current = self._assignment
+        pause = 0.0
         # A reply that only hands commands over repeats the assignment we already run.
         if current is None or (result.etag, result.config_version) != (
             current.etag, current.config_version
         ):
-            self._apply(result)
             try:
-                self.cache.save(result)
-            except OSError as exc:
-                log.warning("cannot cache the assignment in %s: %s", self.cache.path, exc)
+                self._admit(result)
+            except PolicyRejected as exc:
+                self._refuse(result, exc, source="the server")
+                # The server would send the same reply at once: ask again later.
+                pause = defaults.POLICY_REFUSED_PAUSE
+            else:
+                self._apply(result)
+                try:
+                    self.cache.save(result)  # with its serial: the replay floor
+                except OSError as exc:
+                    log.warning("cannot cache the assignment in %s: %s", self.cache.path, exc)
         # After the assignment: a command may name a check that this reply just assigned.
+        # Commands are not part of the signed policy (heartbeats carry them unsigned too)
+        # and can only run checks of the policy in force, so a refused reply's still count.
         for command in result.commands:
             self._execute(command)
-        return 0
+        return pause
+
+    def _target_id(self) -> str:
+        """The id the server knows us by (normally the one in the id file)."""
+        creds = self.auth.credentials
+        return creds.agent_id if creds is not None else self.agent_id
+
+    def _admit(self, assignment: Assignment) -> None:
+        """Raise PolicyRejected unless ``assignment`` may run here."""
+        if self.policy is not None:
+            self.policy.verify(assignment, target_id=self._target_id(),
+                               last_serial=self._policy_serial)
+
+    def _refuse(self, assignment: Assignment, exc: PolicyRejected, *, source: str) -> None:
+        """Keep running the last good policy and say why the new one is not run."""
+        refusal = (assignment.config_version, str(exc))
+        running = self._assignment.config_version if self._assignment else None
+        # The same reply comes back at every retry: one error per new refusal is enough.
+        log.log(logging.ERROR if refusal != self._last_refusal else logging.DEBUG,
+                "refusing the check policy from %s (config version %s): %s; still running "
+                "%s", source, assignment.config_version, exc,
+                f"config version {running}" if running else "no checks")
+        self._last_refusal = refusal
+        self._refused_version = assignment.config_version
+        self._policy_error = f"policy refused: {exc}"[:1000]
+        self.status.update(policy_error=self._policy_error)
 
     def _apply(self, assignment: Assignment) -> None:
         specs, problems = parse_checks(assignment.checks, self.config.checks.default_timeout)
         for problem in problems:
             log.error("skipping an invalid check from the server: %s", problem)
         self._policy_error = "; ".join(problems)[:1000] or None
+        self.status.update(policy_error=self._policy_error)
+        self._refused_version = self._last_refusal = None
+        if assignment.serial is not None:
+            self._policy_serial = max(assignment.serial, self._policy_serial or 0)
         self.scheduler.update(specs)
         self._assignment = assignment
         self.status.update(config_version=assignment.config_version)
@@ -477,6 +577,34 @@ class Agent:
             self.status.connected()
         self.spool.ack(seqs)
 
+    # -- client certificate ---------------------------------------------------------------
+
+    def _certificate_manager(self, config: Config) -> CertificateManager:
+        try:
+            return CertificateManager.from_config(config)
+        except ImportError as exc:
+            raise ConfigError(f"{config.path}: server.tls.enroll: enrollment needs the "
+                              f"Python package 'cryptography' ({exc})") from exc
+
+    def _use_certificate(self) -> None:
+        """Point the transport at the current certificate files (after a renewal too)."""
+        assert self.certificates is not None
+        self.transport.use_tls_files(*self.certificates.files())
+
+    def _renew_certificate_if_due(self) -> None:
+        """Enroll or renew when due; a failure is logged and retried later, and never
+        fails the heartbeat (the current certificate, if any, stays in use)."""
+        certificates = self.certificates
+        if certificates is None or not certificates.due():
+            return
+        try:
+            csr = certificates.make_csr(self._target_id())
+            issued = self.auth.call(lambda c: self.transport.renew_certificate(
+                c.agent_id, c.access_token, csr))
+            certificates.store(issued)
+        except AgentError as exc:
+            certificates.failed(exc)
+
     # -- status -------------------------------------------------------------------------
 
     def dropped_results(self) -> int:
@@ -518,7 +646,8 @@ def check_once(
 ) -> CheckOnceReport:
     """Run every assigned check once, in parallel, and return the results.
 
-    The assignment comes from the server when it answers, else from the cached copy.
+    The assignment comes from the server when it answers, else from the cached copy;
+    with policy keys configured either must pass verification, like in the daemon.
     While an agent daemon is running this never refreshes or registers: refresh tokens
     rotate, and spending the daemon's token would force it to re-register.
     Raises AgentError when there is no assignment to be had at all.
@@ -527,16 +656,36 @@ def check_once(
     agent_id = load_or_create_agent_id(config.agent.id_file)
     store = CredentialStore(state_dir / defaults.CREDENTIALS_FILE)
     cache = AssignmentCache(state_dir / defaults.ASSIGNMENT_FILE)
+    verifier = build_policy_verifier(config)
+    cached = cache.load()
+    creds = store.load()
+    target_id = creds.agent_id if creds is not None else agent_id
+    floor = cached.serial if cached is not None else None
+
+    def verify(assignment: Assignment) -> None:
+        if verifier is not None:
+            verifier.verify(assignment, target_id=target_id, last_serial=floor)
+
     transport = transport or build_transport(config)
     try:
         assignment, source = _fetch_for_once(config, transport, store, agent_id)
     finally:
         transport.close()
+    if assignment is not None:
+        try:
+            verify(assignment)
+        except PolicyRejected as exc:
+            assignment, source = None, f"the server's policy was refused: {exc}"
     if assignment is None:
-        assignment = cache.load()
-        if assignment is None:
+        if cached is None:
             raise AgentError(f"no assignment: {source}, and there is no cached assignment "
                              f"in {cache.path}")
+        try:
+            verify(cached)
+        except PolicyRejected as exc:
+            raise AgentError(f"no assignment: {source}, and the cached policy "
+                             f"{cache.path} is refused too: {exc}") from None
+        assignment = cached
         source = f"cached assignment {cache.path} ({source})"
     specs, problems = parse_checks(assignment.checks, config.checks.default_timeout)
     runner = executor or build_executor(config)

@@ -27,6 +27,7 @@ def init_extensions(app: Flask, settings: Settings) -> None:
     from server.jobs.queues import JobQueues
     from server.redis_conn import connect
     from server.services import policy
+    from server.services.certificates import AuthorityCache
     from server.services.notify import ChangeNotifier
 
     database = db.Database(settings.database_url())
@@ -45,6 +46,8 @@ def init_extensions(app: Flask, settings: Settings) -> None:
     sinks.install()
     policy.install()
     app.extensions[extensions.POLICY_KEY] = _policy_key(settings)
+    # Loaded on first use, so 'aami-server ca init' on a running server needs no restart.
+    app.extensions[extensions.AUTHORITY] = AuthorityCache(settings.ca_dir())
 
 
 def _policy_key(settings: Settings) -> Any:
@@ -74,7 +77,9 @@ def _policy_key(settings: Settings) -> Any:
 def register_blueprints(app: Flask) -> None:
     from server.api import (
         agents,
+        audit,
         bootstrap_tokens,
+        certificates,
         checks,
         commands,
         events,
@@ -92,6 +97,7 @@ def register_blueprints(app: Flask) -> None:
         health,
         registration,
         agents,
+        certificates,
         results,
         checks,
         targets,
@@ -100,7 +106,12 @@ def register_blueprints(app: Flask) -> None:
         events,
         jobs,
         commands,
+        audit,
         openapi,
     ):
         app.register_blueprint(module.bp)
     register_error_handlers(app)
+
+    from server import ui
+
+    ui.init_app(app)  # the status pages under /ui (their own HTML error pages)

@@ -83,21 +83,81 @@ def main() -> None:
     type=int,
     help="Threads per process; long-polls park on them.",
 )
-@click.option("--certfile", default=None, help="TLS certificate (PEM) to serve HTTPS.")
-@click.option("--keyfile", default=None, help="TLS private key (PEM).")
+@click.option(
+    "--certfile",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="TLS certificate (PEM) to serve HTTPS.",
+)
+@click.option(
+    "--keyfile",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="TLS private key (PEM).",
+)
+@click.option(
+    "--ca-certs",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA certificates (PEM) that client certificates are verified against "
+    "[default with --client-certs: the built-in CA's ca.crt].",
+)
+@click.option(
+    "--client-certs",
+    type=click.Choice(["none", "optional", "required"]),
+    default=None,
+    help="Ask agents for a client certificate: 'optional' verifies one when sent (agents "
+    "without one can still register and enroll), 'required' refuses the TLS handshake "
+    "without one. [default: optional with --ca-certs, else none]",
+)
 def serve(
-    host: str, port: int, workers: int, threads: int, certfile: str | None, keyfile: str | None
+    host: str,
+    port: int,
+    workers: int,
+    threads: int,
+    certfile: str | None,
+    keyfile: str | None,
+    ca_certs: str | None,
+    client_certs: str | None,
 ) -> None:
-    """Run the HTTP API under gunicorn."""
-    from server.serving import run_gunicorn
+    """Run the HTTP API under gunicorn (HTTPS and client certificates with --certfile ...)."""
+    from server.security.ca import CA_CERT_FILE
+    from server.serving import run_gunicorn, tls_options
 
     settings = _settings()
+    if client_certs is None:
+        client_certs = "optional" if ca_certs else "none"
+    if client_certs != "none" and ca_certs is None:
+        built_in = settings.ca_dir() / CA_CERT_FILE
+        if not built_in.exists():
+            raise click.UsageError(
+                f"--client-certs {client_certs} needs --ca-certs, and there is no built-in CA "
+                f"at {built_in} (create one with 'aami-server ca init')"
+            )
+        ca_certs = str(built_in)
+    try:
+        tls_options(certfile, keyfile, ca_certs, client_certs)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if settings.REQUIRE_CLIENT_CERT and client_certs == "none" and not settings.CLIENT_CERT_HEADER:
+        click.echo(
+            "warning: AAMI_REQUIRE_CLIENT_CERT is set but this server verifies no client "
+            "certificates (no --client-certs, no AAMI_CLIENT_CERT_HEADER): "
+            "every agent call will be refused",
+            err=True,
+        )
     prepare_embedded_database(settings)
     if settings.embedded and workers != 1:
         click.echo("embedded mode (no AAMI_REDIS_URL): serving with one process", err=True)
         workers = 1
     run_gunicorn(
-        bind=f"{host}:{port}", workers=workers, threads=threads, certfile=certfile, keyfile=keyfile
+        bind=f"{host}:{port}",
+        workers=workers,
+        threads=threads,
+        certfile=certfile,
+        keyfile=keyfile,
+        ca_certs=ca_certs,
+        client_certs=client_certs,
     )
 
 
@@ -225,7 +285,7 @@ def token_create(
 ) -> None:
     """Create a bootstrap token; its secret is printed once, alone on the last line."""
     from agent.durations import parse_duration
-    from server.services import tokens
+    from server.services import audit, tokens
 
     try:
         lifetime = parse_duration(expires_in) if expires_in else None
@@ -242,6 +302,21 @@ def token_create(
             agent_id=agent_id,
         )
         row = issued.row
+        audit.record(
+            session,
+            audit.cli_actor(),
+            "bootstrap_token.create",
+            row.id,
+            {
+                "name": row.name,
+                "prefix": row.prefix,
+                "group_id": row.group_id,
+                "labels": row.labels,
+                "max_uses": row.max_uses,
+                "expires_at": row.expires_at,
+                "agent_id": row.bound_agent_id,
+            },
+        )
         click.echo(f"created bootstrap token {row.id} ({row.prefix}...) '{row.name}'", err=True)
         click.echo(issued.secret)
 
@@ -274,10 +349,17 @@ def token_list(include_revoked: bool) -> None:
 @click.argument("token_id")
 def token_revoke(token_id: str) -> None:
     """Revoke a bootstrap token by id or prefix; registered agents keep working."""
-    from server.services import tokens
+    from server.services import audit, tokens
 
     with _session() as session:
         row = tokens.revoke_bootstrap_token(session, token_id)
+        audit.record(
+            session,
+            audit.cli_actor(),
+            "bootstrap_token.revoke",
+            row.id,
+            {"name": row.name, "prefix": row.prefix},
+        )
         click.echo(f"revoked bootstrap token {row.id} ({row.prefix}...)")
 
 
@@ -293,10 +375,17 @@ def admin_token() -> None:
 )
 def admin_token_create(name: str, role: str) -> None:
     """Create an admin token; its secret is printed once, alone on the last line."""
-    from server.services import tokens
+    from server.services import audit, tokens
 
     with _session() as session:
         issued = tokens.create_admin_token(session, name=name, role=role)
+        audit.record(
+            session,
+            audit.cli_actor(),
+            "admin_token.create",
+            issued.row.id,
+            {"name": name, "role": role, "prefix": issued.row.prefix},
+        )
         click.echo(
             f"created {role} token {issued.row.id} ({issued.row.prefix}...) '{name}'", err=True
         )
@@ -322,10 +411,17 @@ def admin_token_list() -> None:
 @click.argument("token_id")
 def admin_token_revoke(token_id: str) -> None:
     """Revoke an admin token by id or prefix."""
-    from server.services import tokens
+    from server.services import audit, tokens
 
     with _session() as session:
         row = tokens.revoke_admin_token(session, token_id)
+        audit.record(
+            session,
+            audit.cli_actor(),
+            "admin_token.revoke",
+            row.id,
+            {"name": row.name, "role": row.role, "prefix": row.prefix},
+        )
         click.echo(f"revoked admin token {row.id} ({row.prefix}...)")
 
 
@@ -361,9 +457,14 @@ def ca_init(name: str, days: int) -> None:
 
     directory = _settings().ca_dir()
     try:
-        init_ca(directory, name=name, days=days)
+        authority = init_ca(directory, name=name, days=days)
     except CaError as exc:
         raise click.ClickException(str(exc)) from None
+    _audit_best_effort(
+        "ca.init",
+        str(directory),
+        {"name": name, "days": days, "fingerprint": _fingerprint(authority.certificate_pem)},
+    )
     click.echo(
         f"CA created; give agents {directory / CA_CERT_FILE} as server.tls.ca_cert", err=True
     )
@@ -383,13 +484,18 @@ def ca_issue_server(hosts: tuple[str, ...], out_dir: str, days: int) -> None:
     """Issue the config-server's TLS certificate from the CA."""
     from pathlib import Path
 
-    from server.security.ca import CaError, load_ca, write_key_pair
+    from server.security.ca import CaError, load_ca, serial_number, write_key_pair
 
     try:
         key, certificate = load_ca(_settings().ca_dir()).issue_server_certificate(list(hosts), days)
     except CaError as exc:
         raise click.ClickException(str(exc)) from None
     key_path, cert_path = write_key_pair(Path(out_dir), "server", key, certificate)
+    _audit_best_effort(
+        "certificate.issue",
+        ",".join(hosts),
+        {"kind": "server", "serial": serial_number(certificate.decode()), "days": days},
+    )
     click.echo(f"wrote {key_path} (0600) and {cert_path}")
 
 
@@ -407,13 +513,24 @@ def ca_issue_agent(agent_id: str, out_dir: str, days: int) -> None:
     e.g. with Ansible). Agents can instead enroll with a CSR at registration."""
     from pathlib import Path
 
-    from server.security.ca import CaError, load_ca, new_agent_key_pair, write_key_pair
+    from server.security.ca import (
+        CaError,
+        load_ca,
+        new_agent_key_pair,
+        serial_number,
+        write_key_pair,
+    )
 
     try:
         key, certificate = new_agent_key_pair(load_ca(_settings().ca_dir()), agent_id, days)
     except CaError as exc:
         raise click.ClickException(str(exc)) from None
     key_path, cert_path = write_key_pair(Path(out_dir), "agent", key, certificate)
+    _audit_best_effort(
+        "certificate.issue",
+        agent_id,
+        {"kind": "agent", "serial": serial_number(certificate.decode()), "days": days},
+    )
     click.echo(f"wrote {key_path} (0600) and {cert_path}")
 
 
@@ -447,6 +564,26 @@ def policy_key_show() -> None:
         click.echo(public_key_text(load_policy_key(_settings().policy_key_path())))
     except PolicyKeyError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _fingerprint(certificate_pem: str) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    certificate = x509.load_pem_x509_certificate(certificate_pem.encode())
+    return certificate.fingerprint(hashes.SHA256()).hex()
+
+
+def _audit_best_effort(action: str, subject: str, details: dict[str, Any]) -> None:
+    """Audit a change that lives in files, not the database: the files are written
+    already, so an unreachable database costs the audit row (with a warning), not the work."""
+    from server.services import audit
+
+    try:
+        with _session() as session:
+            audit.record(session, audit.cli_actor(), action, subject, details)
+    except Exception as exc:  # any database failure: say so, keep the exit status
+        click.echo(f"warning: could not write the audit log entry ({action}): {exc}", err=True)
 
 
 def _print_table(headers: list[str], rows: list[list[Any]]) -> None:

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from server.jobs.queues import JobQueues
+    from server.services.certificates import AuthorityCache
     from server.services.notify import ChangeNotifier
 
 SETTINGS = "aami.settings"
@@ -20,6 +21,7 @@ REDIS = "aami.redis"
 NOTIFIER = "aami.notifier"
 QUEUES = "aami.queues"
 POLICY_KEY = "aami.policy_key"
+AUTHORITY = "aami.certificate_authority"
 
 
 def settings() -> Settings:
@@ -40,3 +42,7 @@ def policy_key() -> Ed25519PrivateKey | None:
 
 def job_queues() -> JobQueues:
     return current_app.extensions[QUEUES]
+
+
+def certificate_authority() -> AuthorityCache:
+    return current_app.extensions[AUTHORITY]

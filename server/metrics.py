@@ -2,9 +2,10 @@
 
 Two sources feed one exposition:
 
-- Fleet figures (targets and check states by status, queue depths, results ingested,
-  ingest lag) are read at scrape time from the database and Redis, so every process
-  reports the same numbers and nothing is counted per process.
+- Fleet figures (targets and check states by status, queue depths, result batches
+  accepted but not yet stored, results ingested, ingest lag) are read at scrape time
+  from the database and Redis, so every process reports the same numbers and nothing
+  is counted per process.
 - Request latency is observed in each process; with ``PROMETHEUS_MULTIPROC_DIR`` set
   (``aami-server serve`` sets it) prometheus-client aggregates the processes' files.
 """
@@ -31,11 +32,11 @@ from rq.registry import FailedJobRegistry
 from sqlalchemy import func, select
 
 from server.db import Database
+from server.jobs.backlog import backlog
+from server.jobs.ingest import INGEST_LAG_KEY, RESULTS_INGESTED_KEY
 from server.jobs.queues import ALL_QUEUES
 from server.models import CheckState, Target
 
-RESULTS_INGESTED_KEY = "aami:metrics:results_ingested"
-INGEST_LAG_KEY = "aami:metrics:ingest_lag_seconds"
 TARGET_STATUSES = ("pending", "online", "stale", "offline")
 CHECK_STATUSES = ("ok", "warning", "critical", "unknown")
 
@@ -45,14 +46,6 @@ REQUEST_LATENCY = Histogram(
     ["method", "endpoint", "status"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
-
-
-def record_ingest(client: redis.Redis, inserted: int, lag_seconds: float) -> None:
-    """Called by the ingest job, in whichever worker ran it."""
-    with client.pipeline(transaction=False) as pipe:
-        pipe.incrby(RESULTS_INGESTED_KEY, inserted)
-        pipe.set(INGEST_LAG_KEY, f"{lag_seconds:.3f}")
-        pipe.execute()
 
 
 class FleetCollector(Collector):
@@ -90,6 +83,15 @@ class FleetCollector(Collector):
             "Now minus executed_at of the newest batch, when it was stored.",
             value=float(lag or 0),
         )
+        waiting, storing = backlog(self.client)
+        batches = GaugeMetricFamily(
+            "aami_ingest_backlog_batches",
+            "Result batches accepted (202) and not yet stored: waiting, or being stored.",
+            labels=["state"],
+        )
+        batches.add_metric(["waiting"], waiting)
+        batches.add_metric(["storing"], storing)
+        yield batches
         depth = GaugeMetricFamily("aami_queue_depth", "Jobs waiting per queue.", labels=["queue"])
         failed = GaugeMetricFamily(
             "aami_queue_failed_jobs", "Failed jobs per queue.", labels=["queue"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,58 @@ def _metrics_dir() -> str:
     return path
 
 
+CLIENT_CERT_MODES = {
+    "none": ssl.CERT_NONE,
+    "optional": ssl.CERT_OPTIONAL,
+    "required": ssl.CERT_REQUIRED,
+}
+
+_contexts: dict[tuple[object, ...], ssl.SSLContext] = {}
+
+
+def _ssl_context(conf: Any, default_factory: Any) -> ssl.SSLContext:
+    """gunicorn's context, made once per worker process rather than per connection (the
+    default loads the certificate chain and CA file on every accepted connection), and
+    refusing TLS older than 1.2. A reload (SIGHUP) starts new workers that read the
+    files afresh, which is how renewed server certificates are picked up."""
+    key = (conf.certfile, conf.keyfile, conf.ca_certs, conf.cert_reqs, os.getpid())
+    context = _contexts.get(key)
+    if context is None:
+        context = default_factory()
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        _contexts.clear()
+        _contexts[key] = context
+    return context
+
+
+def tls_options(
+    certfile: str | None,
+    keyfile: str | None,
+    ca_certs: str | None = None,
+    client_certs: str = "none",
+) -> dict[str, Any]:
+    """gunicorn settings for HTTPS, with client certificates verified against ``ca_certs``
+    (``optional``: asked for and verified when sent; ``required``: no certificate, no
+    handshake). ``ValueError`` for a combination that cannot work."""
+    if client_certs not in CLIENT_CERT_MODES:
+        raise ValueError(f"client certificates must be one of {', '.join(CLIENT_CERT_MODES)}")
+    if not certfile:
+        if keyfile or ca_certs or client_certs != "none":
+            raise ValueError("TLS options need --certfile (and --keyfile): HTTPS is off without")
+        return {}
+    if client_certs != "none" and not ca_certs:
+        raise ValueError(f"--client-certs {client_certs} needs --ca-certs to verify them with")
+    options: dict[str, Any] = {
+        "certfile": certfile,
+        "keyfile": keyfile,
+        "ssl_context": _ssl_context,
+    }
+    if ca_certs:
+        options["ca_certs"] = ca_certs
+        options["cert_reqs"] = CLIENT_CERT_MODES[client_certs]
+    return options
+
+
 def run_gunicorn(
     *,
     bind: str,
@@ -73,7 +126,10 @@ def run_gunicorn(
     threads: int,
     certfile: str | None = None,
     keyfile: str | None = None,
+    ca_certs: str | None = None,
+    client_certs: str = "none",
 ) -> None:
+    tls = tls_options(certfile, keyfile, ca_certs, client_certs)
     _metrics_dir()
     _Gunicorn(
         {
@@ -86,8 +142,7 @@ def run_gunicorn(
             # Long-polls hold a request up to LONGPOLL_MAX_WAIT: the timeout must exceed it.
             "timeout": 120,
             "graceful_timeout": 30,
-            "certfile": certfile,
-            "keyfile": keyfile,
+            **tls,
             "accesslog": None,
             # Several servers may share a host (tests, blue/green): no shared control socket.
             "control_socket_disable": True,

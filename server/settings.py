@@ -11,9 +11,13 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.errors import SettingsError
+from server.security.ratelimit import parse_rate_limit
+
+if TYPE_CHECKING:
+    from ipaddress import IPv4Network, IPv6Network
 
 ENV_PREFIX = "AAMI_"
 SECRET_SETTINGS = ("SECRET_KEY", "DATABASE_URL", "REDIS_URL")
@@ -52,6 +56,20 @@ class Settings:
     CA_DIR: str = ""
     # Lifetime of agent client certificates issued from CSRs, in days.
     CLIENT_CERT_DAYS: int = 30
+    # Every agent call (heartbeat, results, checks, refresh, certificate renewal) must come
+    # with a verified client certificate naming the agent of the path. Registration is
+    # exempt: it is how an agent without a certificate gets one.
+    REQUIRE_CLIENT_CERT: bool = False
+    # Header in which a trusted TLS proxy (nginx: $ssl_client_escaped_cert) passes the
+    # verified client certificate, URL-escaped PEM. Empty: only gunicorn's own TLS counts.
+    CLIENT_CERT_HEADER: str = ""
+    # Comma-separated addresses or networks of reverse proxies whose X-Forwarded-For (and
+    # client certificate header) are believed. Empty: the peer address is the client.
+    TRUSTED_PROXIES: str = ""
+    # "COUNT/PERIOD" (e.g. 30/1m) or "off": registrations per client address, and token
+    # refreshes per agent id and client address. Counted in Redis, shared by every worker.
+    REGISTER_RATE_LIMIT: str = "30/1m"
+    REFRESH_RATE_LIMIT: str = "10/1m"
     # Comma-separated http(s) URLs that receive every event as a CloudEvent.
     EVENT_WEBHOOKS: str = ""
     LOG_LEVEL: str = "info"
@@ -67,6 +85,9 @@ class Settings:
     def policy_key_path(self) -> Path:
         return Path(self.POLICY_KEY_FILE or Path(self.DATA_DIR) / "policy.key")
 
+    def trusted_proxies(self) -> list[IPv4Network | IPv6Network]:
+        return parse_networks(self.TRUSTED_PROXIES)
+
     def event_webhook_urls(self) -> list[str]:
         return [url.strip() for url in self.EVENT_WEBHOOKS.split(",") if url.strip()]
 
@@ -79,8 +100,33 @@ class Settings:
 _FIELD_TYPES = {f.name: f.type for f in fields(Settings)}
 
 
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def parse_networks(text: str) -> list[IPv4Network | IPv6Network]:
+    """``"10.0.0.1, 10.1.0.0/16"`` as networks; ``ValueError`` naming a bad entry."""
+    import ipaddress
+
+    networks = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network") from None
+    return networks
+
+
 def _coerce(name: str, raw: Any) -> Any:
     kind = _FIELD_TYPES[name]
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise SettingsError(f"{ENV_PREFIX}{name}: expected true or false, got {raw!r}")
     if kind == "int":
         if isinstance(raw, bool):
             raise SettingsError(f"{ENV_PREFIX}{name}: expected a whole number, got {raw!r}")
@@ -142,6 +188,24 @@ def _validate(settings: Settings) -> None:
     for url in settings.event_webhook_urls():
         if not url.startswith(("http://", "https://")):
             raise SettingsError(f"{ENV_PREFIX}EVENT_WEBHOOKS: {url!r} is not an http(s) URL")
+    for name in ("REGISTER_RATE_LIMIT", "REFRESH_RATE_LIMIT"):
+        try:
+            parse_rate_limit(getattr(settings, name))
+        except ValueError as exc:
+            raise SettingsError(f"{ENV_PREFIX}{name}: {exc}") from None
+    try:
+        settings.trusted_proxies()
+    except ValueError as exc:
+        raise SettingsError(f"{ENV_PREFIX}TRUSTED_PROXIES: {exc}") from None
+    header = settings.CLIENT_CERT_HEADER
+    if header and not all(c.isalnum() or c == "-" for c in header):
+        raise SettingsError(f"{ENV_PREFIX}CLIENT_CERT_HEADER: {header!r} is not a header name")
+    if header and not settings.TRUSTED_PROXIES:
+        # Without a proxy to trust, any client could send the header and claim any agent.
+        raise SettingsError(
+            f"{ENV_PREFIX}CLIENT_CERT_HEADER needs {ENV_PREFIX}TRUSTED_PROXIES: the header is "
+            "believed only from the proxy that verified the certificate"
+        )
     if settings.SECRET_KEY and len(settings.SECRET_KEY) < MIN_SECRET_KEY_LENGTH:
         raise SettingsError(
             f"{ENV_PREFIX}SECRET_KEY: must be at least {MIN_SECRET_KEY_LENGTH} characters long"

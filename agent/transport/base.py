@@ -54,6 +54,17 @@ class Registration:
     agent_version: str | None = None
     refresh_token: str | None = None
     """Proof of ownership when re-registering an id that already holds credentials."""
+    csr: str | None = None
+    """A PEM certificate signing request: asks the server's CA for a client certificate."""
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """A client certificate the server's CA issued for the agent's CSR (PEM texts)."""
+
+    certificate: str
+    ca_certificate: str | None = None
+    expires_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,8 @@ class TokenGrant:
     agent_id: str | None = None
     """Set by registration (the id the server filed us under); None from a refresh."""
     heartbeat_interval: float | None = None
+    certificate: IssuedCertificate | None = None
+    """Set by a registration that carried a CSR, when the server's CA signed it."""
 
 
 @dataclass(frozen=True)
@@ -86,18 +99,35 @@ class HeartbeatReply:
 
 
 @dataclass(frozen=True)
+class PolicySignature:
+    """The server's signature over an assignment (docs/agent-api.md, "Signed policies")."""
+
+    algorithm: str
+    key_id: str
+    value: str
+    """Base64 of the raw signature."""
+
+
+@dataclass(frozen=True)
 class Assignment:
     """The checks assigned to the agent, as the server sent them (validated later).
 
     ``etag`` is opaque: hand it back to :meth:`Transport.fetch_checks` unchanged.
+    ``checks``, ``target_id``, ``config_version``, ``serial`` and ``issued_at`` are kept
+    exactly as decoded from the reply: the signature covers them (agent/policy.py).
     """
 
     etag: str | None
     config_version: str | None
-    checks: list[dict[str, Any]]
+    checks: list[Any]
     commands: tuple[Command, ...] = ()
     """Commands handed over with this reply: a long-poll ends early when one is queued,
     and the server gives it to us here rather than with the next heartbeat."""
+    target_id: str | None = None
+    serial: int | None = None
+    """Grows with every policy change on the server; a lower one is a replay."""
+    issued_at: str | None = None
+    signature: PolicySignature | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +181,19 @@ class Transport(Protocol):
 
         ``timeout`` caps the connect and read timeouts (for the last flush at shutdown).
         """
+        ...
+
+    def renew_certificate(
+        self, agent_id: str, access_token: str, csr: str
+    ) -> IssuedCertificate:
+        """Have the server's CA sign a new client certificate for ``csr``."""
+        ...
+
+    def use_tls_files(
+        self, client_cert: str | None, client_key: str | None, ca_bundle: str | None
+    ) -> None:
+        """Present this client certificate and trust this CA bundle (None: the system
+        CAs) on every connection from now on; takes effect without a restart."""
         ...
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ This is the only module of the agent that knows about HTTP: statuses, headers an
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import logging
 import re
@@ -32,7 +33,9 @@ from agent.transport.base import (
     Assignment,
     Command,
     HeartbeatReply,
+    IssuedCertificate,
     NotModified,
+    PolicySignature,
     PushReply,
     Registration,
     Rejection,
@@ -66,6 +69,10 @@ _REFRESH_ERRORS: _ErrorMap = {
     400: InvalidRefreshToken, 401: InvalidRefreshToken, 403: InvalidRefreshToken,
     404: NotRegistered, 422: InvalidRefreshToken,
 }
+# A server without the certificate endpoint answers 404: that must not read as "unknown
+# agent", which would make the agent register again and again. The heartbeat finds out
+# soon enough when the target is really gone.
+_CERTIFICATE_ERRORS: _ErrorMap = {401: AuthError, 403: Forbidden, 404: RequestRejected}
 
 
 class RestTransport:
@@ -86,9 +93,7 @@ class RestTransport:
         self.timeout = timeout
         self.connect_timeout = min(timeout, 10.0) if connect_timeout is None else connect_timeout
         session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=_POOL_SIZE, max_retries=0)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
+        self._mount_new_adapter(session)
         # Passed with every request rather than set on the session: requests lets
         # REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE from the environment override session.verify,
         # which would silently swap the configured CA for the system bundle.
@@ -99,17 +104,44 @@ class RestTransport:
         session.headers.update({"User-Agent": user_agent, "Accept": "application/json"})
         self._session = session
 
+    @staticmethod
+    def _mount_new_adapter(session: requests.Session) -> HTTPAdapter | None:
+        """A fresh connection pool for ``session``; returns the one it replaces."""
+        old = session.adapters.get("https://")
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=_POOL_SIZE, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return old if isinstance(old, HTTPAdapter) else None
+
     @classmethod
     def from_config(cls, config: Config, version: str) -> RestTransport:
-        tls = config.server.tls
+        # Not agent.enrollment's heavy half: tls_files only looks at paths.
+        from agent.enrollment import tls_files
+
+        client_cert, client_key, ca_cert = tls_files(config)
         return cls(
             config.server.address,
             timeout=config.heartbeat.timeout,
-            ca_cert=str(tls.ca_cert) if tls.ca_cert else None,
-            client_cert=str(tls.client_cert) if tls.client_cert else None,
-            client_key=str(tls.client_key) if tls.client_key else None,
+            ca_cert=ca_cert,
+            client_cert=client_cert,
+            client_key=client_key,
             user_agent=f"aami-agent/{version}",
         )
+
+    def use_tls_files(
+        self, client_cert: str | None, client_key: str | None, ca_bundle: str | None
+    ) -> None:
+        cert: str | tuple[str, str] | None = None
+        if client_cert:
+            cert = (client_cert, client_key) if client_key else client_cert
+        self._cert = cert
+        self._verify = ca_bundle if ca_bundle else True
+        # Pooled keep-alive connections went through the handshake with the old files; new
+        # connections (from a new pool) read the files again. A request in flight on the
+        # old pool finishes there; its connection is closed when it is handed back.
+        old = self._mount_new_adapter(self._session)
+        if old is not None:
+            old.close()
 
     # -- Transport --------------------------------------------------------------------
 
@@ -126,9 +158,22 @@ class RestTransport:
         }
         if registration.refresh_token:
             body["refresh_token"] = registration.refresh_token
+        if registration.csr:
+            body["csr"] = registration.csr
         reply = self._json(self._call("POST", "/bootstrap-tokens/register", json=body,
                                       errors=_REGISTER_ERRORS))
-        return _token_grant(reply, "register")
+        grant = _token_grant(reply, "register")
+        if reply.get("certificate") is not None:
+            grant = dataclasses.replace(grant, certificate=_issued(reply, "register"))
+        return grant
+
+    def renew_certificate(
+        self, agent_id: str, access_token: str, csr: str
+    ) -> IssuedCertificate:
+        response = self._call("POST", f"/agents/{quote(agent_id, safe='')}/certificate",
+                              token=access_token, json={"csr": csr}, ok=(200, 201),
+                              errors=_CERTIFICATE_ERRORS)
+        return _issued(self._json(response), "certificate")
 
     def refresh(self, agent_id: str, refresh_token: str) -> TokenGrant:
         response = self._call("POST", f"/agents/{quote(agent_id, safe='')}/token",
@@ -163,10 +208,21 @@ class RestTransport:
         checks = reply.get("checks")
         if not isinstance(checks, list):
             raise TransportError("GET checks: the reply has no list of checks")
-        config_version = _opt_str(reply.get("config_version"))
+        # Kept as sent (no str() of a number): the policy signature covers these values.
+        config_version, target_id = reply.get("config_version"), reply.get("target_id")
+        config_version = config_version if isinstance(config_version, str) else None
+        serial, issued_at = reply.get("serial"), reply.get("issued_at")
         etag = response.headers.get("ETag") or (f'"{config_version}"' if config_version else None)
-        return Assignment(etag=etag, config_version=config_version, checks=checks,
-                          commands=_commands(reply.get("commands")))
+        return Assignment(
+            etag=etag,
+            config_version=config_version,
+            checks=checks,
+            commands=_commands(reply.get("commands")),
+            target_id=target_id if isinstance(target_id, str) else None,
+            serial=serial if isinstance(serial, int) and not isinstance(serial, bool) else None,
+            issued_at=issued_at if isinstance(issued_at, str) else None,
+            signature=_signature(reply.get("signature")),
+        )
 
     def push_results(
         self,
@@ -312,6 +368,32 @@ def _token_grant(reply: Mapping[str, Any], call: str) -> TokenGrant:
         expires_in=_opt_positive(reply.get("expires_in")),
         agent_id=_opt_str(reply.get("agent_id")),
         heartbeat_interval=_opt_positive(reply.get("heartbeat_interval")),
+    )
+
+
+def _issued(reply: Mapping[str, Any], call: str) -> IssuedCertificate:
+    certificate = reply.get("certificate")
+    if not isinstance(certificate, str) or "BEGIN CERTIFICATE" not in certificate:
+        raise TransportError(f"{call}: the reply carries no PEM certificate")
+    ca_certificate = reply.get("ca_certificate")
+    return IssuedCertificate(
+        certificate=certificate,
+        ca_certificate=ca_certificate if isinstance(ca_certificate, str) else None,
+        expires_at=_opt_str(reply.get("certificate_expires_at")),
+    )
+
+
+def _signature(raw: object) -> PolicySignature | None:
+    """The reply's signature; a malformed one comes out empty, so it fails verification
+    (rather than passing for an unsigned reply, which an agent without keys accepts)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        return PolicySignature(algorithm="", key_id="", value="")
+    return PolicySignature(
+        algorithm=str(raw.get("algorithm") or ""),
+        key_id=str(raw.get("key_id") or ""),
+        value=str(raw.get("value") or ""),
     )
 
 

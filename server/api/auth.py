@@ -1,7 +1,8 @@
 """Who is calling: admin tokens (opaque, hashed) and agent access JWTs.
 
 An agent's token is good for its own paths only: the ``agent_id`` in the URL must be the
-token's subject.
+token's subject. A client certificate, when one was presented (or is required), must name
+that same agent (``server.api.peer``).
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from typing import Any
 from flask import g, request
 from sqlalchemy import select
 
+from server.api.peer import enforce_certificate_binding
 from server.db import db_session
 from server.errors import Forbidden, Unauthorized
 from server.extensions import settings
 from server.models import AdminToken
 from server.security.jwt_tokens import JwtConfig, verify_access_token
 from server.security.secrets import ADMIN_PREFIX, hash_secret
+from server.services.audit import admin_actor
 
 READ_ONLY = "read-only"
 ADMIN = "admin"
@@ -30,10 +33,18 @@ class Caller:
     name: str
     role: str = ""
     agent_id: str = ""
+    token_id: str = ""
 
     @property
     def can_write(self) -> bool:
         return self.kind == "admin" and self.role == ADMIN
+
+    @property
+    def actor(self) -> str:
+        """How the audit log names this caller (never with a secret)."""
+        if self.kind == "admin":
+            return admin_actor(self.name, self.token_id)
+        return self.name
 
 
 def jwt_config() -> JwtConfig:
@@ -55,7 +66,7 @@ def _admin_caller(token: str) -> Caller:
     row = db_session().scalar(select(AdminToken).where(AdminToken.token_hash == hash_secret(token)))
     if row is None or row.revoked_at is not None:
         raise Unauthorized("unknown or revoked admin token", code="invalid_token")
-    return Caller(kind="admin", name=row.name, role=row.role)
+    return Caller(kind="admin", name=row.name, role=row.role, token_id=row.id)
 
 
 def _agent_caller(token: str) -> Caller:
@@ -66,6 +77,9 @@ def _agent_caller(token: str) -> Caller:
 def authenticate(mode: str, path_args: dict[str, Any]) -> Caller | None:
     """Enforce a route's ``auth`` mode; returns the caller (also kept in ``g.caller``)."""
     if mode in ("none", "bootstrap"):
+        if "agent_id" in path_args:
+            # Token refresh: an agent's path without a bearer token, bound all the same.
+            enforce_certificate_binding(path_args["agent_id"])
         return None
     token = _bearer()
     caller = _admin_caller(token) if token.startswith(ADMIN_PREFIX) else _agent_caller(token)
@@ -74,6 +88,7 @@ def authenticate(mode: str, path_args: dict[str, Any]) -> Caller | None:
             raise Forbidden("this call needs an admin token, not an agent token")
         if path_args.get("agent_id") != caller.agent_id:
             raise Forbidden("an agent's token is good for its own paths only")
+        enforce_certificate_binding(caller.agent_id)
     else:
         if mode == "agent":
             raise Forbidden("this call is made by agents with their access token")

@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint
 
 from server.api import schemas
+from server.api.audit import audit
 from server.api.routing import route
 from server.db import db_session
 from server.models import BootstrapToken
@@ -60,6 +61,7 @@ def create_token(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
     if body.get("agent_id"):
         body["agent_id"] = str(body["agent_id"])
     issued = tokens.create_bootstrap_token(db_session(), **body)
+    audit("bootstrap_token.create", issued.row.id, **describe_bootstrap_token(issued.row))
     db_session().commit()
     return describe_bootstrap_token(issued.row, issued.secret), 201
 
@@ -74,5 +76,6 @@ def create_token(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
 )
 def revoke_token(token_id: str) -> dict[str, Any]:
     row = tokens.revoke_bootstrap_token(db_session(), token_id)
+    audit("bootstrap_token.revoke", row.id, name=row.name, prefix=row.prefix)
     db_session().commit()
     return describe_bootstrap_token(row)

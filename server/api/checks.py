@@ -9,12 +9,15 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from server.api import schemas
+from server.api.audit import audit
 from server.api.auth import current_caller
+from server.api.fields import format_duration
 from server.api.routing import route
 from server.db import db_session
 from server.extensions import notifier, policy_key, redis_client, settings
 from server.services import checks as check_service
 from server.services import commands
+from server.services.audit import changes as audit_changes
 from server.services.policy import signed_assignment
 from server.services.targets import get_target
 
@@ -24,6 +27,15 @@ bp = Blueprint("checks", __name__, url_prefix="/api/v1")
 def _changed() -> None:
     db_session().commit()
     notifier().publish()
+
+
+def _audited(check: dict[str, Any]) -> dict[str, Any]:
+    """What the audit log keeps of a check: environment values may be credentials."""
+    kept = {k: v for k, v in check.items() if k not in ("env", "updated_at")}
+    kept["env_keys"] = sorted(check.get("env") or {})
+    for name in ("interval", "timeout"):
+        kept[name] = format_duration(kept[name])  # as the API spells them
+    return kept
 
 
 @route(bp, "/checks", "GET", summary="List checks", reply=schemas.CheckReply, reply_many=True)
@@ -43,8 +55,10 @@ def list_checks() -> list[dict[str, Any]]:
 )
 def create_check(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
     check = check_service.create_check(db_session(), body)
+    described = check_service.check_to_dict(check)
+    audit("check.create", check.id, check=_audited(described))
     _changed()
-    return check_service.check_to_dict(check), 201
+    return described, 201
 
 
 @route(bp, "/checks/<check_id>", "GET", summary="One check", reply=schemas.CheckReply)
@@ -62,14 +76,18 @@ def get_check(check_id: str) -> dict[str, Any]:
     auth="admin-write",
 )
 def update_check(check_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    before = _audited(check_service.check_to_dict(check_service.get_check(db_session(), check_id)))
     check = check_service.update_check(db_session(), check_id, body)
+    described = check_service.check_to_dict(check)
+    audit("check.update", check.id, changes=audit_changes(before, _audited(described)))
     _changed()
-    return check_service.check_to_dict(check)
+    return described
 
 
 @route(bp, "/checks/<check_id>", "DELETE", summary="Delete a check", status=204, auth="admin-write")
 def delete_check(check_id: str) -> Response:
     check_service.delete_check(db_session(), check_id)
+    audit("check.delete", check_id)
     _changed()
     return Response(status=204)
 

@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint
 
 from server.api import schemas
+from server.api.audit import audit
 from server.api.routing import route
 from server.db import db_session
 from server.errors import Conflict
@@ -32,6 +33,9 @@ def force_check(target_id: str, check_id: str) -> tuple[dict[str, Any], int]:
     target = get_target(session, target_id)
     if check_id not in {c.id for c in checks_for_target(session, target)}:
         raise Conflict(f"check {check_id!r} is not assigned to target {target_id}")
+    # Recorded before the command is queued: an agent must never run what the log lacks.
+    audit("check.force_run", target_id, check_id=check_id)
+    session.commit()
     command = commands.queue_command(
         redis_client(), target_id, {"type": "run_check", "check_id": check_id}
     )

@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, Response
 
 from server.api import schemas
+from server.api.audit import audit
 from server.api.routing import route
 from server.db import db_session
 from server.services import targets as target_service
@@ -31,6 +32,7 @@ def list_groups() -> list[Any]:
 )
 def create_group(body: dict[str, Any]) -> tuple[Any, int]:
     group = target_service.create_group(db_session(), body)
+    audit("group.create", group.id, name=group.name, description=group.description)
     db_session().commit()
     return group, 201
 
@@ -44,5 +46,6 @@ def get_group(group_id: str) -> Any:
 def delete_group(group_id: str) -> Response:
     session = db_session()
     session.delete(target_service.get_group(session, group_id))
+    audit("group.delete", group_id)
     session.commit()
     return Response(status=204)

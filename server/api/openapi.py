@@ -57,6 +57,17 @@ def _operation(doc: RouteDoc) -> dict[str, Any]:
         responses[str(doc.status)] = {"description": "success"}
     for code, text in _ERROR_STATUSES.items():
         responses.setdefault(str(code), {"description": text, **error})
+    if doc.rate_limit:
+        responses["429"] = {
+            "description": "rate limited: retry after the number of seconds in Retry-After",
+            "headers": {
+                "Retry-After": {
+                    "description": "seconds until the rate-limit window ends",
+                    "schema": {"type": "integer", "minimum": 1},
+                }
+            },
+            **error,
+        }
     operation["responses"] = responses
     return operation
 

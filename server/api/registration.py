@@ -1,42 +1,82 @@
-"""Agent-facing registration and token refresh."""
+"""Agent-facing registration and token refresh (both rate-limited per client address)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Blueprint
 
 from server.api import schemas
 from server.api.auth import jwt_config
+from server.api.peer import client_address, peer_certificate
 from server.api.routing import route
 from server.db import db_session
-from server.extensions import settings
+from server.extensions import certificate_authority, settings
 from server.services import credentials
+from server.services.certificates import issue_agent_certificate
 from server.services.registration import register_agent
 
 bp = Blueprint("registration", __name__, url_prefix="/api/v1")
+log = logging.getLogger(__name__)
 
 
 @route(
     bp,
     "/bootstrap-tokens/register",
     "POST",
-    summary="Register an agent with a bootstrap token (201 new target, 200 existing)",
+    summary="Register an agent with a bootstrap token (201 new target, 200 existing); "
+    "with a csr, enroll a client certificate too",
     body=schemas.RegisterRequest,
     reply=schemas.RegisterReply,
     status=201,
     auth="bootstrap",
-    extra_statuses={200: "an existing target was connected", 409: "agent id in use"},
+    extra_statuses={
+        200: "an existing target was connected",
+        409: "agent id in use, or a csr sent to a server without a CA (ca_not_configured)",
+    },
+    rate_limit="register",
 )
 def register(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
     session = db_session()
-    registration = register_agent(session, jwt_config(), settings().REFRESH_TOKEN_TTL, body)
-    session.commit()
-    reply = {
+    csr = body.pop("csr", None)
+    # Before the bootstrap token is touched: a csr this server cannot sign is a 409.
+    authority = certificate_authority().get() if csr is not None else None
+    certificate = peer_certificate()
+    registration = register_agent(
+        session,
+        jwt_config(),
+        settings().REFRESH_TOKEN_TTL,
+        body,
+        certified_agent_id=certificate.agent_id if certificate else None,
+    )
+    reply: dict[str, Any] = {
         "agent_id": registration.agent_id,
         "heartbeat_interval": settings().HEARTBEAT_INTERVAL,
         **registration.tokens.as_reply(),
     }
+    if authority is not None and csr is not None:
+        reply.update(
+            issue_agent_certificate(
+                session,
+                authority,
+                registration.agent_id,
+                csr,
+                days=settings().CLIENT_CERT_DAYS,
+                actor=f"agent:{registration.agent_id}",
+                via="registration",
+            )
+        )
+    session.commit()
+    log.info(
+        "agent registered",
+        extra={
+            "agent_id": registration.agent_id,
+            "created": registration.created,
+            "client": client_address(),
+            "certificate_issued": csr is not None,
+        },
+    )
     return reply, 201 if registration.created else 200
 
 
@@ -48,6 +88,7 @@ def register(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
     body=schemas.RefreshRequest,
     reply=schemas.TokenPair,
     auth="bootstrap",
+    rate_limit="refresh",
 )
 def refresh_token(agent_id: str, body: dict[str, Any]) -> dict[str, Any]:
     session = db_session()
@@ -55,4 +96,5 @@ def refresh_token(agent_id: str, body: dict[str, Any]) -> dict[str, Any]:
         session, jwt_config(), agent_id, body["refresh_token"], settings().REFRESH_TOKEN_TTL
     )
     session.commit()
+    log.info("agent token refreshed", extra={"agent_id": agent_id, "client": client_address()})
     return pair.as_reply()

@@ -1,4 +1,4 @@
-"""Agent-facing result intake: validate, queue one ingest job, answer 202."""
+"""Agent-facing result intake: validate, queue the batch in Redis, answer 202."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from server.api.routing import route
 from server.db import db_session
 from server.errors import InvalidFields
 from server.extensions import job_queues, settings
-from server.jobs.ingest import ingest_batch
-from server.jobs.queues import INGEST
+from server.jobs import backlog
 from server.services.checks import checks_for_target
 from server.services.targets import get_target
 
@@ -53,12 +52,15 @@ def submit_results(agent_id: str, body: dict[str, Any]) -> tuple[dict[str, Any],
             )
     job_id = None
     if accepted:
-        job_id = job_queues().enqueue(INGEST, ingest_batch, agent_id, accepted).id
+        job_id = backlog.submit(job_queues(), agent_id, accepted)
     return {"job_id": job_id, "accepted": len(accepted), "rejected": rejected}, 202
 
 
 def _job_payload(result: dict[str, Any]) -> dict[str, Any]:
     """A validated result as plain JSON types for the job (what ``AgentResult().dump``
     gives, at a fraction of the cost: a schema per result made the API CPU-bound)."""
-    return {**result, "result_id": str(result["result_id"]),
-            "executed_at": result["executed_at"].isoformat()}
+    return {
+        **result,
+        "result_id": str(result["result_id"]),
+        "executed_at": result["executed_at"].isoformat(),
+    }

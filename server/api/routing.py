@@ -16,6 +16,8 @@ from flask import Blueprint, Response, jsonify, request
 from marshmallow import Schema, ValidationError
 
 from server.api.auth import authenticate
+from server.api.ratelimits import LIMITS
+from server.api.ratelimits import enforce as enforce_rate_limit
 from server.errors import BadRequest, InvalidFields
 
 
@@ -30,8 +32,9 @@ class RouteDoc:
     reply: type[Schema] | None = None
     reply_many: bool = False
     status: int = 200
-    auth: str = "admin"  # admin | admin-write | agent | bootstrap | none
+    auth: str = "admin"  # admin | admin-write | agent | agent-or-admin | bootstrap | none
     extra_statuses: dict[int, str] = field(default_factory=dict)
+    rate_limit: str | None = None  # a name in server.api.ratelimits.LIMITS
 
 
 REGISTRY: list[RouteDoc] = []
@@ -88,7 +91,10 @@ def route(
     status: int = 200,
     auth: str = "admin",
     extra_statuses: dict[int, str] | None = None,
+    rate_limit: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    if rate_limit is not None and rate_limit not in LIMITS:
+        raise ValueError(f"unknown rate limit {rate_limit!r}: one of {sorted(LIMITS)}")
     prefix = bp.url_prefix or ""
     REGISTRY.append(
         RouteDoc(
@@ -103,6 +109,7 @@ def route(
             status=status,
             auth=auth,
             extra_statuses=extra_statuses or {},
+            rate_limit=rate_limit,
         )
     )
     body_schema = body() if body else None
@@ -112,6 +119,9 @@ def route(
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            # Counted first: a flood is refused before it costs a token lookup or a parse.
+            if rate_limit is not None:
+                enforce_rate_limit(rate_limit, kwargs)
             authenticate(auth, kwargs)
             if body_schema is not None:
                 kwargs["body"] = load_with(body_schema, _json_body())

@@ -16,6 +16,7 @@ from marshmallow import (
 )
 
 from server.api.fields import SLUG, Duration, Labels, Name, Text
+from server.security.ca import MAX_CSR_BYTES
 
 MAX_TOKEN_LENGTH = 512
 # The agent caps output at 16 KiB by default; leave room for a truncation marker.
@@ -55,6 +56,12 @@ class RegisterRequest(StrictSchema):
     )
     agent_version = Text(64, allow_none=True, load_default=None)
     refresh_token = Text(MAX_TOKEN_LENGTH, allow_none=True, load_default=None)
+    csr = Text(
+        MAX_CSR_BYTES,
+        allow_none=True,
+        load_default=None,
+        metadata={"description": "PEM certificate signing request (ECDSA P-256) to enroll"},
+    )
 
 
 class TokenPair(StrictSchema):
@@ -64,9 +71,27 @@ class TokenPair(StrictSchema):
     expires_in = fields.Integer(required=True)
 
 
+class CertificateRequest(StrictSchema):
+    csr = Text(
+        MAX_CSR_BYTES,
+        required=True,
+        metadata={"description": "PEM certificate signing request (ECDSA P-256)"},
+    )
+
+
+class CertificateReply(StrictSchema):
+    certificate = fields.String(required=True, metadata={"description": "PEM, CN = agent id"})
+    ca_certificate = fields.String(required=True)
+    certificate_expires_at = fields.DateTime(required=True)
+
+
 class RegisterReply(TokenPair):
     agent_id = fields.String(required=True)
     heartbeat_interval = fields.Integer(required=True)
+    # Present when the request carried a csr.
+    certificate = fields.String()
+    ca_certificate = fields.String()
+    certificate_expires_at = fields.DateTime()
 
 
 class RefreshRequest(StrictSchema):
@@ -389,3 +414,28 @@ class CommandReply(StrictSchema):
     type = fields.String(required=True)
     check_id = fields.String()
     target_id = fields.String(required=True)
+
+
+# --- audit log ---------------------------------------------------------------------------
+
+
+class AuditQuery(StrictSchema):
+    actor = Text(200)
+    action = Text(64, metadata={"description": "exact, or a family with a trailing '.'"})
+    subject = Text(200)
+    since = fields.AwareDateTime(default_timezone=UTC)
+    until = fields.AwareDateTime(default_timezone=UTC)
+    before_id = fields.Integer(
+        validate=validate.Range(min=1, max=2**63 - 1),
+        metadata={"description": "page on: entries older than this id"},
+    )
+    limit = fields.Integer(validate=validate.Range(min=1, max=1000), load_default=100)
+
+
+class AuditReply(StrictSchema):
+    id = fields.Integer(required=True)
+    actor = fields.String(required=True)
+    action = fields.String(required=True)
+    subject = fields.String(required=True)
+    details = fields.Dict(required=True)
+    created_at = fields.DateTime(required=True)

@@ -9,12 +9,14 @@ from flask import Blueprint, Response
 from sqlalchemy import select
 
 from server.api import schemas
+from server.api.audit import audit
 from server.api.routing import route
 from server.db import db_session
 from server.extensions import notifier, redis_client
 from server.models import CheckResult, CheckState, Target
 from server.services import credentials, liveness
 from server.services import targets as target_service
+from server.services.audit import changes as audit_changes
 
 bp = Blueprint("targets", __name__, url_prefix="/api/v1")
 
@@ -71,6 +73,13 @@ def list_targets(query: dict[str, Any]) -> list[dict[str, Any]]:
 )
 def create_target(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
     target = target_service.preregister_target(db_session(), body)
+    audit(
+        "target.create",
+        target.id,
+        hostname=target.hostname,
+        group_id=target.group_id,
+        labels=target.labels,
+    )
     db_session().commit()
     return _describe([target])[0], 201
 
@@ -90,7 +99,11 @@ def get_target(target_id: str) -> dict[str, Any]:
     auth="admin-write",
 )
 def update_target(target_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    target = target_service.get_target(db_session(), target_id)
+    before = {name: getattr(target, name) for name in body}
     target = target_service.update_target(db_session(), target_id, body)
+    after = {name: getattr(target, name) for name in body}
+    audit("target.update", target_id, changes=audit_changes(before, after))
     db_session().commit()
     notifier().publish(target_id)  # group or labels may change what it runs
     return _describe([target])[0]
@@ -108,6 +121,7 @@ def delete_target(target_id: str) -> Response:
     session = db_session()
     target = target_service.get_target(session, target_id)
     credentials.revoke_all(session, target_id)
+    audit("target.delete", target_id, hostname=target.hostname)
     session.delete(target)
     session.commit()
     liveness.forget(redis_client(), target_id)

@@ -1,31 +1,88 @@
-"""Ingest a batch of check results: idempotent bulk insert, then current state and events."""
+"""Store check results: idempotent bulk insert, then current state and events.
+
+:func:`store` takes any number of batches (from ``backlog.drain``) and writes them in one
+transaction: one INSERT ... ON CONFLICT DO NOTHING for every row, then one pass over the
+check states of the targets involved. :func:`ingest_batch` is the same for a single batch,
+kept as a job for batches queued by an earlier version.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
+import redis
+from sqlalchemy import select, text
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from server.jobs import context
 from server.jobs.events import record_event
 from server.jobs.flapping import HISTORY_LENGTH, is_flapping
-from server.metrics import record_ingest
 from server.models import Check, CheckResult, CheckState, Target, utcnow
 
 log = logging.getLogger(__name__)
 
+# Read by /metrics (server.metrics) at scrape time, written here by whichever worker stored.
+RESULTS_INGESTED_KEY = "aami:metrics:results_ingested"
+INGEST_LAG_KEY = "aami:metrics:ingest_lag_seconds"
+
+Batch = tuple[str, list[dict[str, Any]]]  # (agent id, results as the API accepted them)
+
+# Two drain jobs may fold results of the same target at once: the row locks serialise
+# them, and the loser of a race to create the same new state row (a unique violation) or
+# of a deadlock simply runs its transaction again. Everything it writes is idempotent.
+STORE_ATTEMPTS = 5
+_RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock detected
+
+# One statement for any number of rows: ten array parameters instead of ten per row,
+# which keeps both the statement and its compilation small.
+_PG_INSERT = text(
+    """
+    INSERT INTO check_results (result_id, executed_at, target_id, check_id, status,
+                               exit_code, output, perfdata, duration_ms, received_at)
+    SELECT r.*, now()
+    FROM unnest(CAST(:result_id AS text[]), CAST(:executed_at AS timestamptz[]),
+                CAST(:target_id AS text[]), CAST(:check_id AS text[]),
+                CAST(:status AS text[]), CAST(:exit_code AS int2[]),
+                CAST(:output AS text[]), CAST(:perfdata AS json[]),
+                CAST(:duration_ms AS int4[])) AS r
+    ON CONFLICT DO NOTHING
+    RETURNING result_id
+    """
+)
+# SQLite (the embedded default) caps bound parameters per statement at 999 in old builds.
+_SQLITE_ROWS_PER_INSERT = 90
+
 
 def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) -> int:
     """Insert rows whose ``result_id`` is new; returns how many were new."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(CheckResult).values(rows).on_conflict_do_nothing()
-    inserted = session.execute(statement.returning(CheckResult.result_id))
-    return len(inserted.all())
+    if session.get_bind().dialect.name == "postgresql":
+        params = {
+            name: [r[name] for r in rows]
+            for name in ("result_id", "executed_at", "target_id", "check_id", "status",
+                         "exit_code", "output", "duration_ms")
+        }
+        params["perfdata"] = [json.dumps(r["perfdata"]) for r in rows]
+        return len(session.execute(_PG_INSERT, params).all())
+    inserted = 0
+    for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):
+        chunk = rows[start : start + _SQLITE_ROWS_PER_INSERT]
+        statement = sqlite.insert(CheckResult).values(chunk).on_conflict_do_nothing()
+        inserted += len(session.execute(statement.returning(CheckResult.result_id)).all())
+    return inserted
+
+
+def record_ingest(client: redis.Redis, inserted: int, lag_seconds: float) -> None:
+    with client.pipeline(transaction=False) as pipe:
+        pipe.incrby(RESULTS_INGESTED_KEY, inserted)
+        pipe.set(INGEST_LAG_KEY, f"{lag_seconds:.3f}")
+        pipe.execute()
 
 
 def _parse_time(value: str | datetime) -> datetime:
@@ -43,7 +100,9 @@ def result_rows(agent_id: str, results: list[dict[str, Any]]) -> list[dict[str, 
             "check_id": r["check_id"],
             "status": r["status"],
             "exit_code": r["exit_code"],
-            "output": r.get("output", ""),
+            # PostgreSQL text cannot hold NUL; a plugin printing binary must not make the
+            # whole batch unstorable.
+            "output": r.get("output", "").replace("\x00", "\ufffd"),
             "perfdata": r.get("perfdata") or [],
             "duration_ms": r.get("duration_ms", 0),
         }
@@ -53,84 +112,171 @@ def result_rows(agent_id: str, results: list[dict[str, Any]]) -> list[dict[str, 
 
 def ingest_batch(agent_id: str, results: list[dict[str, Any]]) -> dict[str, int]:
     """Store ``results`` for ``agent_id``; running it twice stores nothing more."""
-    rows = result_rows(agent_id, results)
-    with context.database().session() as session:
-        inserted = _insert_ignoring_duplicates(session, rows) if rows else 0
-        update_states(session, agent_id, rows)
-    if rows:
-        newest = max(r["executed_at"] for r in rows)
-        record_ingest(context.redis_client(), inserted, (utcnow() - newest).total_seconds())
+    received, inserted = store([(agent_id, results)])
+    return {"received": received, "inserted": inserted}
+
+
+def store(batches: list[Batch]) -> tuple[int, int]:
+    """Store ``batches`` in one transaction; returns (results received, rows inserted).
+
+    Safe to run twice, and concurrently with itself: rows already stored are skipped and
+    a state never moves back in time.
+    """
+    rows_by_agent: dict[str, list[dict[str, Any]]] = {}
+    for agent_id, results in batches:
+        rows_by_agent.setdefault(agent_id, []).extend(result_rows(agent_id, results))
+    rows = [row for agent_rows in rows_by_agent.values() for row in agent_rows]
+    if not rows:
+        return 0, 0
+    for attempt in range(1, STORE_ATTEMPTS + 1):
+        try:
+            with context.database().session() as session:
+                inserted = _insert_ignoring_duplicates(session, rows)
+                update_states(session, rows_by_agent)
+            break
+        except DBAPIError as exc:
+            if attempt == STORE_ATTEMPTS or not _lost_a_race(exc):
+                raise
+            log.info("store raced another job; retrying", extra={"attempt": attempt})
+            time.sleep(0.02 * attempt)
+    newest = max(r["executed_at"] for r in rows)
+    record_ingest(context.redis_client(), inserted, (utcnow() - newest).total_seconds())
     log.info(
-        "ingested batch", extra={"agent_id": agent_id, "received": len(rows), "inserted": inserted}
+        "stored results",
+        extra={"batches": len(batches), "received": len(rows), "inserted": inserted},
     )
-    return {"received": len(rows), "inserted": inserted}
+    return len(rows), inserted
 
 
-def update_states(session: Session, agent_id: str, rows: list[dict[str, Any]]) -> None:
-    """Fold results, oldest first, into each check's current state, raising events."""
-    target = session.get(Target, agent_id)
-    if target is None:
+def _lost_a_race(exc: DBAPIError) -> bool:
+    if isinstance(exc, IntegrityError):
+        return True  # a concurrent job created the same state row first
+    return getattr(exc.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES
+
+
+def update_states(session: Session, rows_by_agent: dict[str, list[dict[str, Any]]]) -> None:
+    """Fold results, oldest first, into each check's current state, raising events.
+
+    The states of all targets involved are locked in one statement, in key order, so two
+    jobs holding overlapping targets wait for each other instead of deadlocking.
+    """
+    targets = {
+        t.id: t for t in session.scalars(select(Target).where(Target.id.in_(rows_by_agent)))
+    }
+    if not targets:
         return
+    target_ids = sorted(targets)
     states = {
-        s.check_id: s
+        (s.target_id, s.check_id): s
         for s in session.scalars(
-            select(CheckState).where(CheckState.target_id == agent_id).with_for_update()
+            select(CheckState)
+            .where(CheckState.target_id.in_(target_ids))
+            .order_by(CheckState.target_id, CheckState.check_id)
+            .with_for_update()
         )
     }
     quiet_checks = set(session.scalars(select(Check.id).where(Check.maintenance.is_(True))))
-    for row in sorted(rows, key=lambda r: r["executed_at"]):
-        state = states.get(row["check_id"])
-        if state is not None and state.executed_at >= row["executed_at"]:
-            continue  # late or retried result: it is history, not news
+    for target_id in target_ids:
+        target = targets[target_id]
+        folds: dict[str, _Fold] = {}
+        for row in sorted(rows_by_agent[target_id], key=lambda r: r["executed_at"]):
+            check_id = row["check_id"]
+            fold = folds.get(check_id)
+            if fold is None:
+                fold = folds[check_id] = _Fold.of(states.get((target_id, check_id)))
+            if fold.executed_at is not None and fold.executed_at >= row["executed_at"]:
+                continue  # late or retried result: it is history, not news
+            quiet = target.maintenance or check_id in quiet_checks
+            fold.apply(session, target_id, check_id, row, quiet=quiet)
+        for check_id, fold in folds.items():
+            if fold.changed:
+                state = states.get((target_id, check_id))
+                if state is None:
+                    state = CheckState(target_id=target_id, check_id=check_id)
+                    session.add(state)
+                fold.write(state)
+
+
+@dataclass
+class _Fold:
+    """A check state being brought forward in plain Python, written to the row once."""
+
+    status: str | None
+    exit_code: int | None
+    output: str | None
+    perfdata: list[dict[str, Any]] | None
+    executed_at: datetime | None
+    since: datetime | None
+    occurrences: int
+    history: str
+    flapping: bool
+    last_result_id: str | None
+    changed: bool = False
+
+    @classmethod
+    def of(cls, state: CheckState | None) -> _Fold:
         if state is None:
-            state = CheckState(
-                target_id=agent_id, check_id=row["check_id"], occurrences=0, history=""
+            return cls(None, None, None, None, None, None, 0, "", False, None)
+        return cls(
+            state.status, state.exit_code, state.output, state.perfdata, state.executed_at,
+            state.since, state.occurrences or 0, state.history or "", bool(state.flapping),
+            state.last_result_id,
+        )
+
+    def apply(
+        self, session: Session, target_id: str, check_id: str, row: dict[str, Any], *, quiet: bool
+    ) -> None:
+        previous = self.status
+        changed = previous != row["status"]
+        self.history = (self.history + row["status"][0])[-HISTORY_LENGTH:]
+        was_flapping = self.flapping
+        self.flapping = is_flapping(self.history, was_flapping)
+        if changed:
+            self.since = row["executed_at"]
+            self.occurrences = 1
+        else:
+            self.occurrences += 1
+        self.status = row["status"]
+        self.exit_code = row["exit_code"]
+        self.output = row["output"]
+        self.perfdata = row["perfdata"]
+        self.executed_at = row["executed_at"]
+        self.last_result_id = row["result_id"]
+        self.changed = True
+        if quiet:
+            return
+        key = f"{target_id}:{check_id}:{row['result_id']}"
+        if self.flapping != was_flapping:
+            record_event(
+                session,
+                kind="flapping",
+                target_id=target_id,
+                check_id=check_id,
+                previous="flapping" if was_flapping else "stable",
+                current="flapping" if self.flapping else "stable",
+                message=f"{check_id} {'started' if self.flapping else 'stopped'} flapping",
+                dedupe_key=f"flap:{key}",
             )
-            session.add(state)
-            states[row["check_id"]] = state
-        quiet = target.maintenance or row["check_id"] in quiet_checks
-        _apply(session, state, row, quiet=quiet)
+        elif changed and not self.flapping:
+            record_event(
+                session,
+                kind="check_state",
+                target_id=target_id,
+                check_id=check_id,
+                previous=previous,
+                current=row["status"],
+                message=row["output"][:500],
+                dedupe_key=f"state:{key}",
+            )
 
-
-def _apply(session: Session, state: CheckState, row: dict[str, Any], *, quiet: bool) -> None:
-    previous = state.status
-    changed = previous != row["status"]
-    state.history = ((state.history or "") + row["status"][0])[-HISTORY_LENGTH:]
-    was_flapping = bool(state.flapping)
-    state.flapping = is_flapping(state.history, was_flapping)
-    if changed:
-        state.since = row["executed_at"]
-        state.occurrences = 1
-    else:
-        state.occurrences = (state.occurrences or 0) + 1
-    state.status = row["status"]
-    state.exit_code = row["exit_code"]
-    state.output = row["output"]
-    state.perfdata = row["perfdata"]
-    state.executed_at = row["executed_at"]
-    state.last_result_id = row["result_id"]
-    if quiet:
-        return
-    key = f"{state.target_id}:{state.check_id}:{row['result_id']}"
-    if state.flapping != was_flapping:
-        record_event(
-            session,
-            kind="flapping",
-            target_id=state.target_id,
-            check_id=state.check_id,
-            previous="flapping" if was_flapping else "stable",
-            current="flapping" if state.flapping else "stable",
-            message=f"{state.check_id} {'started' if state.flapping else 'stopped'} flapping",
-            dedupe_key=f"flap:{key}",
-        )
-    elif changed and not state.flapping:
-        record_event(
-            session,
-            kind="check_state",
-            target_id=state.target_id,
-            check_id=state.check_id,
-            previous=previous,
-            current=row["status"],
-            message=row["output"][:500],
-            dedupe_key=f"state:{key}",
-        )
+    def write(self, state: CheckState) -> None:
+        state.status = self.status  # type: ignore[assignment]
+        state.exit_code = self.exit_code  # type: ignore[assignment]
+        state.output = self.output  # type: ignore[assignment]
+        state.perfdata = self.perfdata  # type: ignore[assignment]
+        state.executed_at = self.executed_at  # type: ignore[assignment]
+        state.since = self.since  # type: ignore[assignment]
+        state.occurrences = self.occurrences
+        state.history = self.history
+        state.flapping = self.flapping
+        state.last_result_id = self.last_result_id

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from rq import SimpleWorker
 from rq.job import Job
 
 from server.db import Database
-from server.jobs import context, sinks
+from server.jobs import backlog, context, sinks
 from server.jobs.queues import ALL_QUEUES, JobQueues
 from server.logs import configure_logging
 from server.redis_conn import connect
@@ -27,6 +28,15 @@ class AamiWorker(SimpleWorker):
     """
 
     CLAIM_MARGIN_S = 15
+
+    def run_maintenance_tasks(self) -> None:
+        super().run_maintenance_tasks()
+        # Result batches abandoned by a dead drain job go back on the pending list, and a
+        # drain job is queued if batches wait without one (an enqueue lost half-way).
+        try:
+            backlog.maintain(JobQueues(self.connection, inline=False))
+        except redis.RedisError as exc:  # Redis away: the next pass tries again
+            log.warning("ingest backlog maintenance failed", extra={"error": str(exc)})
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         if job.timeout and job.timeout > 0:

@@ -220,6 +220,39 @@ def load_ca(directory: Path) -> CertificateAuthority:
     return CertificateAuthority(certificate, key)
 
 
+def agent_id_from_x509(certificate: x509.Certificate) -> str | None:
+    """The agent id a certificate names (SAN URI first, then CN), as for ``getpeercert``."""
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        uris: list[str] = []
+    else:
+        uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+    for uri in uris:
+        if uri.startswith(AGENT_URI_PREFIX):
+            return uri[len(AGENT_URI_PREFIX) :]
+    for attribute in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
+        return str(attribute.value)
+    return None
+
+
+def agent_id_from_pem(pem: str) -> str | None:
+    """The agent id named by a PEM certificate; None if it names none or is unreadable."""
+    try:
+        certificate = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        return None
+    return agent_id_from_x509(certificate)
+
+
+def expires_at(certificate_pem: str) -> dt.datetime:
+    return x509.load_pem_x509_certificate(certificate_pem.encode()).not_valid_after_utc
+
+
+def serial_number(certificate_pem: str) -> str:
+    return format(x509.load_pem_x509_certificate(certificate_pem.encode()).serial_number, "x")
+
+
 def agent_id_from_certificate(der_or_dict: dict[str, object]) -> str | None:
     """The agent id named by a peer certificate as Python's ``ssl`` reports it."""
     for kind, value in der_or_dict.get("subjectAltName", ()):  # type: ignore[attr-defined]

@@ -7,7 +7,8 @@
 | pre-registered by an operator    | provided  | connect the agent to the target |
 
 An id that already holds live credentials is only handed out again with proof: the
-agent's current refresh token, or a bootstrap token an operator bound to that id.
+agent's current refresh token, a bootstrap token an operator bound to that id, or a
+verified client certificate naming that id.
 """
 
 from __future__ import annotations
@@ -32,8 +33,15 @@ class Registration:
 
 
 def register_agent(
-    session: Session, jwt_config: JwtConfig, refresh_ttl: int, request: dict[str, Any]
+    session: Session,
+    jwt_config: JwtConfig,
+    refresh_ttl: int,
+    request: dict[str, Any],
+    *,
+    certified_agent_id: str | None = None,
 ) -> Registration:
+    """Register per the table above. ``certified_agent_id``: the agent a verified client
+    certificate of this request names, which proves the right to that id."""
     token = claim_bootstrap_token(session, request["token"])
     agent_id = str(request["agent_id"]) if request.get("agent_id") else None
     if token.bound_agent_id and agent_id not in (None, token.bound_agent_id):
@@ -57,14 +65,16 @@ def register_agent(
     elif credentials.has_live_credentials(session, target.id):
         proof = request.get("refresh_token")
         bound = token.bound_agent_id == target.id
-        if not bound and not (
+        certified = certified_agent_id == target.id
+        if not (bound or certified) and not (
             proof and credentials.is_live_refresh_token(session, target.id, proof)
         ):
             raise Conflict(
                 f"agent id {target.id} is already registered and holds credentials. "
                 "If this is that agent, re-register with its current refresh token; "
                 "otherwise ask an operator for a bootstrap token bound to this id "
-                f"(aami-server token create --agent-id {target.id}) or give the host a new id.",
+                f"(aami-server token create --agent-id {target.id}), connect with the "
+                "agent's client certificate, or give the host a new id.",
                 code="agent_id_in_use",
             )
     target.hostname = request["hostname"]

@@ -4,8 +4,8 @@ One parent blueprint, ``ui``, carries what every page shares: the templates and 
 files, the login check, CSRF protection on every POST, HTML error pages and security
 headers. One child blueprint per resource holds the views: ``auth`` (login, logout),
 ``fleet`` (overview), ``targets``, ``checks`` and ``tokens`` (bootstrap tokens). The pages
-poll small JSON endpoints (``/ui/fleet.json``, ``/ui/targets/<id>/state.json``) to update in place; with scripts off they
-still work, a reload away from fresh.
+poll small JSON endpoints (``/ui/fleet.json``, ``/ui/targets/<id>/state.json``) to update
+in place; with scripts off they still work, a reload away from fresh.
 """
 
 from __future__ import annotations
@@ -94,11 +94,7 @@ def security_headers(response: Response) -> Response:
 
 @bp.context_processor
 def page_context() -> dict[str, object]:
-    return {
-        "user": session.load_user(),
-        "csrf_token": csrf.csrf_token,
-        "CSRF_FIELD": csrf.FORM_FIELD,
-    }
+    return {"user": session.load_user()}
 
 
 def _error_page(status: int, title: str, message: str) -> ResponseReturnValue:
@@ -124,7 +120,10 @@ def unexpected(exc: Exception) -> ResponseReturnValue:
     return _error_page(500, "Server error", "Something went wrong; the server logged the details.")
 
 
-for name in ("status_label", "abstime", "ago", "iso", "interval", "number", "span"):
+FILTERS = ("status_label", "abstime", "ago", "clock", "duration", "iso", "interval", "number")
+for name in FILTERS:
     bp.add_app_template_filter(getattr(formatting, name), name)
 bp.add_app_template_filter(formatting.perf_items, "perf_items")
+# A global, not context: macros imported by other templates see only globals.
+bp.add_app_template_global(csrf.hidden_field, "csrf_field")
 bp.add_app_template_filter(formatting.labels_text, "labels_text")

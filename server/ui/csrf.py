@@ -11,6 +11,7 @@ import hmac
 import secrets
 
 from flask import request, session
+from markupsafe import Markup
 
 from server.errors import Forbidden
 
@@ -26,6 +27,11 @@ def csrf_token() -> str:
         token = secrets.token_urlsafe(32)
         session[SESSION_KEY] = token
     return token
+
+
+def hidden_field() -> Markup:
+    """The hidden input every form of the UI carries."""
+    return Markup('<input type="hidden" name="{}" value="{}">').format(FORM_FIELD, csrf_token())
 
 
 def rotate() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from flask import Blueprint, jsonify, render_template, request, url_for
 from flask.typing import ResponseReturnValue
@@ -29,7 +30,7 @@ def overview() -> ResponseReturnValue:
         counts=queries.fleet_counts(session),
         groups=target_service.list_groups(session),
         label_choices=queries.label_choices(session),
-        live_url=url_for("ui.fleet.live", **flt.args()),
+        live_url=url_for("ui.fleet.live") + (f"?{urlencode(flt.args())}" if flt.active else ""),
         now=datetime.now(UTC),
     )
 

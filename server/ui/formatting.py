@@ -53,6 +53,15 @@ def abstime(value: datetime | None) -> str:
     return "never" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def clock(value: datetime | None, now: datetime | None = None) -> str:
+    """A short time for plot axes: ``14:05 UTC`` today, ``11-20 14:05 UTC`` before."""
+    value = as_utc(value)
+    if value is None:
+        return ""
+    today = (now or datetime.now(UTC)).astimezone(UTC).date()
+    return value.strftime("%H:%M UTC" if value.date() == today else "%m-%d %H:%M UTC")
+
+
 def span(seconds: float) -> str:
     """``45s``, ``12m``, ``3h 20m``, ``4d 2h``: two units at most."""
     seconds = max(0, int(seconds))
@@ -76,6 +85,14 @@ def ago(value: datetime | None, now: datetime | None = None) -> str:
     if delta < 1:
         return "just now"
     return f"{span(delta)} ago"
+
+
+def duration(value: datetime | None, now: datetime | None = None) -> str:
+    """How long since ``value``, without "ago": for "in this state for ..." columns."""
+    value = as_utc(value)
+    if value is None:
+        return ""
+    return span(((now or datetime.now(UTC)) - value).total_seconds())
 
 
 def interval(seconds: float | None) -> str:

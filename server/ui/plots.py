@@ -8,6 +8,7 @@ stretches nor shrinks on a phone.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -106,21 +107,30 @@ class PerfChart:
     latest: float
     thresholds: list[Threshold] = field(default_factory=list)
 
+    def _coords(self) -> list[tuple[float, float]]:
+        if len(self.points) == 1:  # one sample: a level line, since a dot would stretch
+            return [(0.0, self.points[0].y), (WIDTH, self.points[0].y)]
+        return [(p.x, p.y) for p in self.points]
+
     @property
     def line(self) -> str:
-        return " ".join(f"{p.x:.2f},{p.y:.2f}" for p in self.points)
+        """The ``points`` of the SVG polyline."""
+        return " ".join(f"{x:.2f},{y:.2f}" for x, y in self._coords())
 
     @property
     def area(self) -> str:
-        if not self.points:
-            return ""
-        first, last = self.points[0], self.points[-1]
-        return f"{first.x:.2f},{HEIGHT} {self.line} {last.x:.2f},{HEIGHT}"
+        """The ``points`` of the polygon that shades the space under the line."""
+        coords = self._coords()
+        return f"{coords[0][0]:.2f},{HEIGHT:g} {self.line} {coords[-1][0]:.2f},{HEIGHT:g}"
 
     @property
     def hit_width(self) -> float:
         """Width of the invisible boxes that carry each point's tooltip."""
         return max(WIDTH / max(len(self.points), 1), 4.0)
+
+    @property
+    def middle(self) -> float:
+        return (self.low + self.high) / 2
 
     def fmt(self, value: float) -> str:
         return f"{number(value)}{self.uom}"
@@ -148,6 +158,17 @@ def _threshold(raw: Any) -> float | None:
         return None
 
 
+def _nice(value: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 times a power of ten that is at least ``value`` (> 0)."""
+    if value <= 0:
+        return 0.0
+    power = 10.0 ** math.floor(math.log10(value))
+    for step in (1.0, 2.0, 2.5, 5.0, 10.0):
+        if value <= step * power * (1 + 1e-9):
+            return step * power
+    return 10.0 * power
+
+
 def perf_chart(results: Sequence[CheckResult], label: str) -> PerfChart | None:
     """The value ``label`` over ``results`` (newest first); None if it has no numbers."""
     samples: list[tuple[datetime, float]] = []
@@ -170,12 +191,12 @@ def perf_chart(results: Sequence[CheckResult], label: str) -> PerfChart | None:
     if not samples:
         return None
     values = [v for _, v in samples]
-    low, high = min(values), max(values)
-    if low >= 0:
-        low = 0.0  # non-negative measures read best from a zero baseline
+    # Round axis ends, from zero for the usual non-negative measures; a little headroom
+    # keeps the top value off the frame.
+    low = -_nice(-min(values)) if min(values) < 0 else 0.0
+    high = _nice(max(values) * 1.04) if max(values) > 0 else 0.0
     if high == low:
-        high = low + (abs(low) or 1.0)
-    high += (high - low) * 0.08  # headroom so the top value is not drawn on the frame
+        high = low + 1.0
     start, end = samples[0][0], samples[-1][0]
     if end == start:
         end = start + timedelta(seconds=1)

@@ -113,14 +113,14 @@ class FleetCounts:
 
 def fleet_counts(session: Session) -> FleetCounts:
     by_target = dict(
-        session.execute(select(Target.status, func.count()).group_by(Target.status)).tuples()
+        session.execute(select(Target.status, func.count()).group_by(Target.status)).all()
     )
     by_check = dict(
         session.execute(
             select(CheckState.status, func.count())
             .join(Target, Target.id == CheckState.target_id)
             .group_by(CheckState.status)
-        ).tuples()
+        ).all()
     )
     maintenance = session.scalar(
         select(func.count()).select_from(Target).where(Target.maintenance.is_(True))

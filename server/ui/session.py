@@ -95,7 +95,7 @@ def log_out() -> None:
 def load_user() -> UiUser | None:
     """The logged-in user of this request (cached in ``g``), or None."""
     if "ui_user" in g:
-        return g.ui_user  # type: ignore[no-any-return]
+        return g.ui_user
     user = None
     token_id = session.get(TOKEN_ID_KEY)
     if isinstance(token_id, str):

@@ -18,7 +18,7 @@ from server.services import targets as target_service
 from server.services.checks import checks_for_target
 from server.ui import plots, queries
 from server.ui.fleet import state_json
-from server.ui.formatting import iso, perf_items
+from server.ui.formatting import iso, perf_items, status_label
 from server.ui.session import require_write
 
 bp = Blueprint("targets", __name__, url_prefix="/targets")
@@ -34,15 +34,14 @@ def show(target_id: str) -> ResponseReturnValue:
     }
     now = datetime.now(UTC)
 
-    # The performance plot: the check and value chosen in the form, else the first
-    # check (worst first) that reports any numbers.
+    # The performance plot: ``?plot=CHECK:LABEL`` as chosen in the form, else the first
+    # value of the first check (worst first) that reports any numbers.
     with_numbers = {cid: plots.perf_labels(rs) for cid, rs in histories.items()}
     with_numbers = {cid: labels for cid, labels in with_numbers.items() if labels}
-    plot_check = request.args.get("check", "")
+    plot_check, _, plot_label = request.args.get("plot", "").partition(":")
     if plot_check not in with_numbers:
         plot_check = next((line.check_id for line in lines if line.check_id in with_numbers), "")
     plot_labels = with_numbers.get(plot_check, [])
-    plot_label = request.args.get("value", "")
     if plot_label not in plot_labels:
         plot_label = plot_labels[0] if plot_labels else ""
     chart = plots.perf_chart(histories[plot_check], plot_label) if plot_check else None
@@ -71,7 +70,9 @@ def _event_json(event: Event) -> dict[str, Any]:
         "kind": event.kind,
         "check_id": event.check_id,
         "previous": event.previous,
+        "previous_label": status_label(event.previous),
         "current": event.current,
+        "current_label": status_label(event.current),
         "message": event.message,
     }
 

@@ -62,6 +62,18 @@ def form_to_body(form: MultiDict[str, str]) -> dict[str, Any]:
     return body
 
 
+def _messages(problems: Any, prefix: str = "") -> dict[str, str]:
+    """Marshmallow's nested error messages as ``{"field": "message; message"}``."""
+    if isinstance(problems, dict):
+        found: dict[str, str] = {}
+        for key, value in problems.items():
+            found.update(_messages(value, f"{prefix}{key}."))
+        return found
+    if isinstance(problems, list | tuple):
+        return {prefix.rstrip(".") or "form": "; ".join(str(p) for p in problems)}
+    return {prefix.rstrip(".") or "form": str(problems)} if problems else {}
+
+
 def _page(status: int = 200, **extra: Any) -> ResponseReturnValue:
     session = db_session()
     rows = token_service.list_bootstrap_tokens(session, include_revoked=True)
@@ -97,7 +109,9 @@ def create() -> ResponseReturnValue:
         issued = token_service.create_bootstrap_token(db_session(), **body)
     except InvalidFields as exc:
         db_session().rollback()
-        return _page(422, form=form, form_error=exc.message, field_errors=exc.fields or {})
+        return _page(
+            422, form=form, form_error=exc.message, field_errors=_messages(exc.fields)
+        )
     db_session().commit()
     return _page(created=issued.row, secret=issued.secret)
 

@@ -337,7 +337,8 @@ def test_fetch_checks_returns_the_assignment_with_its_etag(
 
     result = transport.fetch_checks(AGENT_ID, "jwt", None, 0)
 
-    assert result == Assignment(etag='"3f2a"', config_version="3f2a", checks=checks)
+    assert result == Assignment(etag='"3f2a"', config_version="3f2a", checks=checks,
+                                target_id=AGENT_ID)
     seen = server.requests[0]
     assert seen.method == "GET" and seen.query == {}
     assert "if-none-match" not in seen.headers

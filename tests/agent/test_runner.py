@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -67,6 +68,7 @@ def write_config(tmp_path: Path, extra: str = "", token: str = "aami_bt_test",
           allowed_paths: [{tmp_path}/plugins]
           default_timeout: 5s
           max_concurrent: 4
+          run_as: root  # the plugins live in pytest's private (0700) temporary directory
         results: {{batch_size: 5, flush_interval: 100ms}}
         logging: {{level: debug, format: text}}
     """) + textwrap.dedent(extra))
@@ -155,6 +157,38 @@ def test_results_are_kept_while_the_server_fails_and_sent_once_it_accepts(
     assert first["check_id"] == "ok" and first["status"] == "ok"
     assert first["perfdata"][0]["label"] == "load"
     assert {"result_id", "exit_code", "output", "duration_ms", "executed_at"} <= set(first)
+
+
+class _Longest(random.Random):
+    """Backoff with no jitter: always the longest delay."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_when_the_server_returns_the_first_loop_through_wakes_the_sender(
+    tmp_path: Path, server: FakeServer, plugins: Path
+) -> None:
+    # The heartbeat retries every 0.1 s; the sender would back off for a whole minute.
+    def backoff() -> Backoff:
+        if threading.current_thread().name == "aami-heartbeat":
+            return Backoff(base=0.1, cap=0.1)
+        return Backoff(base=60.0, cap=60.0, rng=_Longest())
+
+    config = write_config(tmp_path)
+    # Big batches: no full batch wakes the sender early while results pile up.
+    config.write_text(config.read_text().replace("batch_size: 5", "batch_size: 500"))
+    server.assign([check("ok", "ok.sh", plugins=plugins)])
+    agent = Agent(load_config(config), transport=server.transport(), backoff=backoff)
+    agent.start()
+    try:
+        wait_for(lambda: server.accepted, what="a first result")
+        server.down = True
+        wait_for(lambda: agent.spool.depth() >= 2, what="results piling up in the spool")
+        server.down = False
+        wait_for(lambda: agent.spool.depth() == 0, timeout=5, what="the spool draining")
+    finally:
+        agent.shutdown(0.5)
 
 
 def test_refused_batches_are_acked_and_counted_as_dropped(

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import psycopg
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.live_server import LiveServer, last_line
 from tests.support.services import LocalServer, libpq_url
@@ -161,7 +162,9 @@ def register_agent(server: LiveServer, token: str, hostname: str) -> Agent:
     return Agent(server, agent_id, reply.json()["access_token"])
 
 
-def register_agents(server: LiveServer, token: str, count: int, prefix: str = "host") -> list[Agent]:
+def register_agents(
+    server: LiveServer, token: str, count: int, prefix: str = "host"
+) -> list[Agent]:
     return [register_agent(server, token, f"{prefix}-{n}") for n in range(count)]
 
 
@@ -203,6 +206,31 @@ def accepted(reply: requests.Response, expected: int) -> str | None:
     assert body["accepted"] == expected and body["rejected"] == [], body
     job_id: str | None = body["job_id"]
     return job_id
+
+
+def metric_samples(server: LiveServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``GET /metrics`` as {(sample name, sorted labels): value}."""
+    reply = requests.get(f"{server.url}/metrics", timeout=30)
+    assert reply.status_code == 200, reply.text
+    found = {}
+    for family in text_string_to_metric_families(reply.text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def ingest_backlog(server: LiveServer) -> int:
+    """Result batches the server accepted and has not stored yet (``/metrics``)."""
+    samples = metric_samples(server)
+    return int(
+        sum(v for (name, _), v in samples.items() if name == "aami_ingest_backlog_batches")
+    )
+
+
+def wait_for_ingest_to_settle(server: LiveServer, timeout: float = 60) -> None:
+    """Wait until every batch answered with a 202 so far is stored."""
+    wait_until(lambda: ingest_backlog(server) == 0, timeout=timeout,
+               what="the ingest backlog to empty")
 
 
 # --------------------------------------------------------------------------- the database

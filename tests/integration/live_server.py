@@ -8,9 +8,10 @@ SIGTERM (SIGKILL after a grace period) and then looks for anything left in the s
 session, so a leaked worker fails the test that leaked it.
 
 Gunicorn's workers share one listening socket, so which worker serves a connection is the
-kernel's choice. :meth:`LiveServer.session_on_worker` finds out from ``/proc`` and hands
-back a ``requests`` session whose keep-alive connection is served by the worker asked for,
-so a test can put two requests on two different worker processes on purpose.
+kernel's choice. :meth:`LiveServer.session_on_worker` leaves it no choice (the other
+workers are paused while it connects), checks in ``/proc`` which worker holds the
+connection, and hands back a ``requests`` session whose keep-alive connection is served by
+the worker asked for: a test can put two requests on two different processes on purpose.
 """
 
 from __future__ import annotations
@@ -242,25 +243,34 @@ class LiveServer(LocalServer):
         inode = _established_socket_inode(self.port, client_port)
         return None if inode is None else _holder_of_socket(inode, self.worker_pids())
 
-    def session_on_worker(self, worker_pid: int, attempts: int = 40) -> PinnedSession:
+    def session_on_worker(self, worker_pid: int, timeout: float = 10.0) -> PinnedSession:
         """A fresh session whose open keep-alive connection is served by ``worker_pid``.
 
-        Gunicorn closes an idle keep-alive connection after a couple of seconds: use the
-        session at once.
+        The other workers are paused (SIGSTOP) while the connection is made and its first
+        request answered, so the kernel has only ``worker_pid`` to hand it to; they resume
+        at once. Gunicorn closes an idle keep-alive connection after a couple of seconds:
+        use the session straight away.
         """
-        served_by = []
-        for _ in range(attempts):
-            session = PinnedSession()
-            session.get(f"{self.url}/healthz", timeout=5).raise_for_status()
+        workers = self.worker_pids()
+        if worker_pid not in workers:
+            raise AssertionError(f"{worker_pid} is not a worker of the server ({workers})")
+        others = [pid for pid in workers if pid != worker_pid]
+        session = PinnedSession()
+        try:
+            for pid in others:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                session.get(f"{self.url}/healthz", timeout=timeout).raise_for_status()
+            finally:
+                for pid in others:
+                    os.kill(pid, signal.SIGCONT)
             owner = self.worker_serving(session.client_port)
-            if owner == worker_pid:
-                return session
-            served_by.append(owner)
+            if owner != worker_pid:
+                raise AssertionError(f"connection went to {owner}, not to worker {worker_pid}")
+        except BaseException:
             session.close()
-        raise AssertionError(
-            f"no connection out of {attempts} was served by worker {worker_pid} "
-            f"(workers {self.worker_pids()}; served by {served_by})"
-        )
+            raise
+        return session
 
     # LocalServer's hooks -------------------------------------------------------------
 
@@ -295,13 +305,9 @@ class LiveServer(LocalServer):
                 )
             time.sleep(0.05)
         for pid in self.worker_pids():
-            while True:
-                try:
-                    self.session_on_worker(pid, attempts=10).close()
-                    break
-                except AssertionError:
-                    if time.monotonic() > deadline:
-                        raise AssertionError(
-                            f"worker {pid} never answered; log:\n{self.log_tail()}"
-                        ) from None
-                    time.sleep(0.1)
+            try:
+                self.session_on_worker(pid, timeout=max(1.0, deadline - time.monotonic())).close()
+            except (AssertionError, requests.RequestException) as exc:
+                raise AssertionError(
+                    f"worker {pid} did not answer: {exc}; log:\n{self.log_tail()}"
+                ) from None

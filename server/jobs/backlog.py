@@ -1,0 +1,239 @@
+"""Accepted result batches wait in one Redis list; drain jobs store them in bulk.
+
+One RQ job per batch costs a dozen Redis round trips of RQ bookkeeping and a database
+transaction per batch, which capped ingestion near 1,500 results/s on two cores. Instead
+the API pushes each accepted batch onto :data:`PENDING_KEY` and enqueues a drain job only
+when none is queued yet. A drain job takes up to :data:`CLAIM_BATCHES` batches at a time and
+stores them with one bulk INSERT and one pass over the check states (``ingest.store``).
+
+Nothing is lost when a worker dies mid-job. A drain job moves the batches it takes,
+atomically, onto a list of its own (``claimed:<job id>``) under a lease, and deletes that
+list only after the database transaction has committed. Afterwards either RQ retries the
+abandoned job under the same id, which stores its own claimed list first, or any drain job
+or worker maintenance pass finds the lease expired and puts the batches back on the pending
+list. Storing a batch twice is harmless: rows are inserted with ON CONFLICT DO NOTHING on
+``result_id`` and a check state only moves forward in time.
+
+Keys (all under ``aami:ingest:``): ``pending`` (list of JSON batches), ``drain-queued``
+(id of a drain job enqueued and not yet started; expires, so a lost enqueue cannot block
+draining for long), ``claims`` (sorted set: job id -> lease deadline) and
+``claimed:<job id>`` (the batches that job is storing) and ``refused`` (batches the
+database rejected as data, with the error, for an operator to look at).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+import redis
+from rq import get_current_job
+from sqlalchemy.exc import DataError
+
+from server.jobs import context, ingest
+from server.jobs.queues import INGEST, JOB_TIMEOUT_S, JobQueues
+
+log = logging.getLogger(__name__)
+
+PENDING_KEY = "aami:ingest:pending"
+QUEUED_KEY = "aami:ingest:drain-queued"
+CLAIMS_KEY = "aami:ingest:claims"
+CLAIMED_PREFIX = "aami:ingest:claimed:"
+# Batches the database refused outright (not a connection problem), kept for an operator.
+DEAD_KEY = "aami:ingest:refused"
+
+# Batches one claim takes: up to 20 x 500 results, well inside a job's timeout.
+CLAIM_BATCHES = 20
+# A drain job stops claiming after this long and leaves the rest to a fresh job, so that
+# it always ends well before JOB_TIMEOUT_S and the other workers get their turn.
+DRAIN_BUDGET_S = 10.0
+# A claim outlives any job that holds it (the job is killed at JOB_TIMEOUT_S), so an
+# expired lease means the batches were abandoned, never that they are being stored.
+LEASE_S = JOB_TIMEOUT_S + 30
+# How long a "drain job queued" marker holds if its job never shows up (the enqueue
+# failed half-way); a marker that outlives a slow queue only costs one extra drain job.
+QUEUED_TTL_S = 10
+
+# Take the batches of this job's own claim (a retry after a crash), or else move up to
+# ARGV[1] batches from the pending list onto it; renew the lease either way.
+# KEYS: pending, claimed:<job>, claims. ARGV: count, deadline, job id.
+# Returns {batches, batches still pending}.
+_CLAIM = """
+local items = redis.call('LRANGE', KEYS[2], 0, -1)
+if #items == 0 then
+  items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+  if #items > 0 then
+    redis.call('LTRIM', KEYS[1], #items, -1)
+    redis.call('RPUSH', KEYS[2], unpack(items))
+  end
+end
+if #items > 0 then
+  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
+end
+return {items, redis.call('LLEN', KEYS[1])}
+"""
+
+# Put the batches of an expired claim back at the head of the pending list.
+# KEYS: pending, claimed:<job>, claims. ARGV: job id, now. Returns how many moved.
+_REQUEUE = """
+local deadline = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if not deadline or tonumber(deadline) > tonumber(ARGV[2]) then
+  return 0
+end
+local items = redis.call('LRANGE', KEYS[2], 0, -1)
+for i = #items, 1, -1 do
+  redis.call('LPUSH', KEYS[1], items[i])
+end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return #items
+"""
+
+# Delete the "drain job queued" marker only if it names this job.
+_UNMARK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def submit(queues: JobQueues, agent_id: str, results: list[dict[str, Any]]) -> str:
+    """Queue one accepted batch; returns the id of the drain job that will pick it up.
+
+    Returns only once Redis holds the batch, so a 202 after it is a promise kept.
+    """
+    client = queues.client
+    payload = json.dumps({"agent_id": agent_id, "results": results}, separators=(",", ":"))
+    job_id = str(uuid.uuid4())
+    with client.pipeline(transaction=True) as pipe:
+        pipe.rpush(PENDING_KEY, payload)
+        pipe.set(QUEUED_KEY, job_id, nx=True, ex=QUEUED_TTL_S)
+        pipe.get(QUEUED_KEY)
+        _, marked, queued = pipe.execute()
+    if marked:
+        queues.enqueue(INGEST, drain, job_id=job_id)
+        return job_id
+    return queued.decode() if isinstance(queued, bytes) else str(queued)
+
+
+def ensure_drain(queues: JobQueues) -> str | None:
+    """Enqueue a drain job unless one is queued already; returns the new job's id."""
+    job_id = str(uuid.uuid4())
+    if not queues.client.set(QUEUED_KEY, job_id, nx=True, ex=QUEUED_TTL_S):
+        return None
+    queues.enqueue(INGEST, drain, job_id=job_id)
+    return job_id
+
+
+def requeue_abandoned(client: redis.Redis, now: float | None = None) -> int:
+    """Put batches of expired claims back on the pending list; returns how many."""
+    now = time.time() if now is None else now
+    moved = 0
+    for owner in client.zrangebyscore(CLAIMS_KEY, "-inf", now):
+        job_id = owner.decode() if isinstance(owner, bytes) else str(owner)
+        moved += int(
+            client.eval(
+                _REQUEUE, 3, PENDING_KEY, CLAIMED_PREFIX + job_id, CLAIMS_KEY, job_id, now
+            )
+        )
+    if moved:
+        log.warning("requeued abandoned result batches", extra={"batches": moved})
+    return moved
+
+
+def backlog(client: redis.Redis) -> tuple[int, int]:
+    """(batches waiting, batches being stored) - accepted and not yet stored."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.llen(PENDING_KEY)
+        pipe.zrange(CLAIMS_KEY, 0, -1)
+        waiting, owners = pipe.execute()
+    if not owners:
+        return int(waiting), 0
+    with client.pipeline(transaction=False) as pipe:
+        for owner in owners:
+            pipe.llen(CLAIMED_PREFIX + (owner.decode() if isinstance(owner, bytes) else owner))
+        claimed = sum(pipe.execute())
+    return int(waiting), int(claimed)
+
+
+def maintain(queues: JobQueues) -> None:
+    """Safety net run by every worker's maintenance pass: recover abandoned claims and
+    make sure a drain job exists while batches wait (for example after a lost enqueue)."""
+    requeue_abandoned(queues.client)
+    if queues.client.llen(PENDING_KEY):
+        ensure_drain(queues)
+
+
+def drain() -> dict[str, int]:
+    """The drain job: store queued batches, a claim at a time, for up to DRAIN_BUDGET_S."""
+    client = context.redis_client()
+    current = get_current_job()
+    job_id = current.id if current is not None else str(uuid.uuid4())
+    # From here on a new batch needs a new drain job: this one may already be past it.
+    client.eval(_UNMARK, 1, QUEUED_KEY, job_id)
+    requeue_abandoned(client)
+    queues = JobQueues(client, inline=context.settings().embedded)
+    claimed_key = CLAIMED_PREFIX + job_id
+    started = time.monotonic()
+    totals = {"received": 0, "inserted": 0}
+    while True:
+        items, still_pending = client.eval(
+            _CLAIM, 3, PENDING_KEY, claimed_key, CLAIMS_KEY,
+            CLAIM_BATCHES, time.time() + LEASE_S, job_id,
+        )
+        if not items:
+            break
+        if still_pending and not queues.inline:
+            ensure_drain(queues)  # let an idle worker take the next claim meanwhile
+        received, inserted = _store(client, items)
+        totals["received"] += received
+        totals["inserted"] += inserted
+        with client.pipeline(transaction=True) as pipe:
+            pipe.delete(claimed_key)
+            pipe.zrem(CLAIMS_KEY, job_id)
+            pipe.execute()
+        # Embedded, jobs run inline in a request: no other worker would take the rest.
+        if time.monotonic() - started > DRAIN_BUDGET_S and not queues.inline:
+            if client.llen(PENDING_KEY):
+                ensure_drain(queues)
+            break
+    return totals
+
+
+def _store(client: redis.Redis, items: list[bytes]) -> tuple[int, int]:
+    """Store claimed batches together; if the database refuses the data itself, store
+    them one by one and set aside the batches it refuses, so that one bad batch cannot
+    hold up the others forever. Connection trouble is raised: the claim stays for a retry.
+    """
+    batches = [_decode(item) for item in items]
+    try:
+        return ingest.store(batches)
+    except DataError as exc:
+        if len(batches) == 1:
+            _set_aside(client, items[0], exc)
+            return 0, 0
+    received = inserted = 0
+    for item, batch in zip(items, batches, strict=True):
+        try:
+            got, new = ingest.store([batch])
+        except DataError as exc:
+            _set_aside(client, item, exc)
+            continue
+        received += got
+        inserted += new
+    return received, inserted
+
+
+def _set_aside(client: redis.Redis, item: bytes, exc: DataError) -> None:
+    reason = (str(exc.orig or exc).strip().splitlines() or ["unknown"])[0][:500]
+    client.rpush(DEAD_KEY, json.dumps({"batch": item.decode(), "error": reason, "at": time.time()}))
+    log.error("result batch refused by the database, set aside", extra={"error": reason})
+
+
+def _decode(item: bytes) -> tuple[str, list[dict[str, Any]]]:
+    batch = json.loads(item)
+    return batch["agent_id"], batch["results"]
