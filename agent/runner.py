@@ -309,6 +309,17 @@ class Agent:
             self._executor.current = build_executor(new)
             if new.checks.max_concurrent != old.checks.max_concurrent:
                 self.scheduler.set_max_concurrent(new.checks.max_concurrent)
+        if new.server.policy_keys != old.server.policy_keys:
+            # Rotation: trust the new key from the next policy on, no restart needed.
+            try:
+                self.policy = build_policy_verifier(new)
+            except ConfigError as exc:
+                log.error("policy keys not reloaded, keeping the running ones: %s", exc)
+            else:
+                log.info("policy keys reloaded: %s", ", ".join(self.policy.key_ids)
+                         if self.policy else "none (policies are not verified)")
+                self._refused_version = None  # a refused policy may pass now: fetch again
+                self._wake_sync.set()
         self.config = new
         # The bootstrap token, labels, hostname and group are sent at registration: they
         # apply from the next one (the wire contract has no call to change them between).

@@ -37,7 +37,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,6 +213,9 @@ def bench_agent(args: argparse.Namespace) -> dict[str, Any]:
             cpu_after, wall_after = CpuTimes.of(pid), time.monotonic()
             window_end = time.time()
             status = proc_status(pid)
+            # Runs of the window's last seconds are still on their way (the agent sends
+            # every flush interval, 2 s by default): let them arrive before counting.
+            time.sleep(5)
             results = api(system["base"], f"targets/{system['agent_id']}/results?limit=1000",
                           system["admin"])
             runs = sum(1 for r in results
@@ -339,7 +342,7 @@ def bench_executor(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------- output
 
 
-def table(rows: list[tuple[str, ...]]) -> str:
+def table(rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
              for row in rows]

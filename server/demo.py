@@ -209,17 +209,19 @@ logging: {{level: info, format: json}}
                 )
         return "\n".join(lines)
 
-    def watch(self, out: Callable[[str], None] = print, interval: float = 2.0) -> None:
+    def watch(self, out: Callable[[str], None] = print, interval: float = 2.0) -> bool:
+        """Redraw until stopped; False if a demo process died meanwhile."""
         while not self.stop.is_set():
             if any(p.poll() is not None for p in self.processes):
                 out(f"a demo process exited: see the logs in {self.data_dir}")
-                return
+                return False
             try:
                 screen = self.render()
             except requests.RequestException as exc:
                 screen = f"server not answering: {exc}"
             out(("\033[2J\033[H" if sys.stdout.isatty() else "") + screen)
             self.stop.wait(interval)
+        return True
 
     def shutdown(self) -> None:
         for process in reversed(self.processes):
@@ -243,9 +245,10 @@ def run_demo(data_dir: Path, port: int | None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     try:
         demo.start()
-        demo.watch()
+        healthy = demo.watch()
     finally:
         print("\nstopping the agent and the server...")
         demo.shutdown()
     print("stopped.")
-    return 0
+    # A process that died on its own is a failure a script running the demo must see.
+    return 0 if healthy else 1

@@ -72,7 +72,7 @@ def register(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
         "agent registered",
         extra={
             "agent_id": registration.agent_id,
-            "created": registration.created,
+            "new_target": registration.created,
             "client": client_address(),
             "certificate_issued": csr is not None,
         },

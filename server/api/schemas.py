@@ -142,7 +142,8 @@ class Assignment(StrictSchema):
 
 
 def _check_command(value: list[str]) -> None:
-    if not value[0].startswith("/"):
+    # marshmallow runs every validator: the empty list is Length's to refuse, not an IndexError.
+    if value and not value[0].startswith("/"):
         raise ValidationError("command[0] must be an absolute path to the plugin")
 
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any
 
 import redis
 from rq import SimpleWorker
@@ -19,7 +25,8 @@ log = logging.getLogger(__name__)
 
 
 class AamiWorker(SimpleWorker):
-    """RQ's in-process worker, with a tighter claim on running jobs.
+    """RQ's in-process worker, with a tighter claim on running jobs, maintenance that
+    runs on time even when the worker is idle, and the ingest backlog's safety net.
 
     Without a forked child there is no heartbeat while a job runs, so the claim must
     outlast the job: job timeout plus a margin. RQ's default margin is 60 s; ours is
@@ -28,6 +35,21 @@ class AamiWorker(SimpleWorker):
     """
 
     CLAIM_MARGIN_S = 15
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stopping = False  # a stop was asked for (SIGTERM, SIGINT), not a failure
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+        super().request_stop(signum, frame)
+
+    @property
+    def dequeue_timeout(self) -> int:
+        # Maintenance runs only between dequeues, and an idle RQ worker blocks for about
+        # seven minutes: the job of a dead worker would wait that long for its retry.
+        # Wake up whenever maintenance is due instead (one cheap BLPOP more per interval).
+        return max(1, min(self.worker_ttl - 15, int(self.maintenance_interval)))
 
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()
@@ -60,13 +82,64 @@ def run_worker(
     context.configure(settings, Database(settings.database_url()), client)
     sinks.install()
     queues = JobQueues(client, inline=False)
-    # SimpleWorker runs jobs in this process: forking per job caps throughput at a few
-    # hundred jobs a second, and every job here is short and idempotent.
-    worker = AamiWorker(
-        [queues.queue(q) for q in queue_names],
-        connection=client,
-        name=name,
-        maintenance_interval=maintenance_interval,
-    )
-    log.info("worker starting", extra={"queues": queue_names, "burst": burst})
-    return bool(worker.work(burst=burst, with_scheduler=True))
+    failures = 0
+    while True:
+        began = time.monotonic()
+        worker: AamiWorker | None = None
+        try:
+            # SimpleWorker runs jobs in this process: forking per job caps throughput at a
+            # few hundred jobs a second, and every job here is short and idempotent.
+            worker = AamiWorker(
+                [queues.queue(q) for q in queue_names],
+                connection=client,
+                name=name,
+                maintenance_interval=maintenance_interval,
+            )
+            log.info("worker starting", extra={"queues": queue_names, "burst": burst})
+            worked = bool(worker.work(burst=burst, with_scheduler=True))
+        except redis.RedisError as exc:  # starting, or RQ's clean-up after a failure
+            if burst:
+                raise
+            log.error("worker lost Redis", extra={"error": str(exc)})
+            worked = False
+            if worker is not None:
+                _let_go(worker)
+        if burst or (worker is not None and worker.stopping):
+            return worked
+        # RQ's loop gives up on a Redis error met outside its dequeue (finishing a job,
+        # maintenance) and returns as if all were well. A Redis restart must only delay
+        # ingestion, so start a fresh worker, backing off while Redis stays away.
+        failures = 0 if time.monotonic() - began > RESTART_RESET_S else failures + 1
+        delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
+        log.warning("worker stopped unexpectedly; starting a new one", extra={"in_s": delay})
+        if not _pause(delay):
+            return worked
+
+
+# Seconds before each restart of a worker that stopped unexpectedly; a worker that ran
+# longer than RESTART_RESET_S before stopping starts again after the first delay.
+RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
+RESTART_RESET_S = 60
+
+
+def _let_go(worker: AamiWorker) -> None:
+    """Stop what a worker that died on a Redis error left running, and free its name."""
+    with contextlib.suppress(Exception):
+        if worker.pubsub_thread is not None:
+            worker.pubsub_thread.stop()
+    with contextlib.suppress(redis.RedisError):
+        worker.connection.delete(worker.key)  # a stale entry would refuse the same --name
+
+
+def _pause(seconds: float) -> bool:
+    """Sleep, unless SIGTERM or SIGINT comes first; returns False if one did."""
+    stop = threading.Event()
+    handlers = {
+        signum: signal.signal(signum, lambda *_: stop.set())
+        for signum in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        return not stop.wait(seconds)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)

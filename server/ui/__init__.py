@@ -120,10 +120,11 @@ def unexpected(exc: Exception) -> ResponseReturnValue:
     return _error_page(500, "Server error", "Something went wrong; the server logged the details.")
 
 
-FILTERS = ("status_label", "abstime", "ago", "clock", "duration", "iso", "interval", "number")
-for name in FILTERS:
+TEMPLATE_FILTERS = (
+    "status_label", "abstime", "ago", "clock", "duration", "iso", "interval", "number",
+    "perf_items", "labels_text",
+)
+for name in TEMPLATE_FILTERS:
     bp.add_app_template_filter(getattr(formatting, name), name)
-bp.add_app_template_filter(formatting.perf_items, "perf_items")
 # A global, not context: macros imported by other templates see only globals.
 bp.add_app_template_global(csrf.hidden_field, "csrf_field")
-bp.add_app_template_filter(formatting.labels_text, "labels_text")

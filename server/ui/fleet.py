@@ -13,7 +13,7 @@ from server.db import db_session
 from server.extensions import redis_client
 from server.services import targets as target_service
 from server.ui import queries
-from server.ui.formatting import iso, status_label
+from server.ui.formatting import iso, status_json
 
 bp = Blueprint("fleet", __name__)
 
@@ -23,11 +23,14 @@ def overview() -> ResponseReturnValue:
     flt = queries.FleetFilter.from_args(request.args)
     session = db_session()
     rows = queries.fleet_rows(session, redis_client(), flt)
+    counts = queries.fleet_counts(session)
     return render_template(
         "ui/overview.html",
         flt=flt,
         rows=rows,
-        counts=queries.fleet_counts(session),
+        counts=counts,
+        truncated=queries.truncated(counts),
+        max_targets=queries.MAX_TARGETS,
         groups=target_service.list_groups(session),
         label_choices=queries.label_choices(session),
         live_url=url_for("ui.fleet.live") + (f"?{urlencode(flt.args())}" if flt.active else ""),
@@ -35,19 +38,15 @@ def overview() -> ResponseReturnValue:
     )
 
 
-def state_json(status: str) -> dict[str, str]:
-    return {"status": status, "label": status_label(status)}
-
-
 def row_json(row: queries.TargetRow) -> dict[str, Any]:
     return {
         "id": row.target.id,
         "hostname": row.target.hostname,
-        **state_json(row.target.status),
+        **status_json(row.target.status),
         "maintenance": row.target.maintenance,
         "last_seen": iso(row.last_seen),
         "checks": {"total": len(row.states), "ok": row.ok_count},
-        "failing": [{"check_id": s.check_id, **state_json(s.status)} for s in row.failing],
+        "failing": [{"check_id": s.check_id, **status_json(s.status)} for s in row.failing],
     }
 
 

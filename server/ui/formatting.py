@@ -38,6 +38,11 @@ def utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def status_json(status: str | None) -> dict[str, str]:
+    """A status as the live feeds carry it: the value (for the colour) and its word."""
+    return {"status": status or "pending", "label": status_label(status)}
+
+
 def as_utc(value: datetime | None) -> datetime | None:
     return None if value is None else utc(value)
 

@@ -157,6 +157,8 @@ def last_seen_of(client: redis.Redis, targets: list[Target]) -> dict[str, dateti
 
 
 def fleet_rows(session: Session, client: redis.Redis, flt: FleetFilter) -> list[TargetRow]:
+    """Targets matching ``flt`` by hostname; at most MAX_TARGETS are looked at (the page
+    says so when there are more: see :func:`truncated`)."""
     targets = target_service.list_targets(
         session,
         status=flt.status if flt.status in TARGET_STATUSES else None,
@@ -173,6 +175,11 @@ def fleet_rows(session: Session, client: redis.Redis, flt: FleetFilter) -> list[
     elif flt.status in CHECK_FILTERS:
         rows = [r for r in rows if any(s.status == flt.status for s in r.states)]
     return rows
+
+
+def truncated(counts: FleetCounts) -> bool:
+    """More targets exist than one page looks at."""
+    return counts.total_targets > MAX_TARGETS
 
 
 def label_choices(session: Session) -> list[str]:
@@ -248,7 +255,7 @@ def state_summary(session: Session) -> dict[str, Counter[str]]:
         select(CheckState.check_id, CheckState.status, func.count()).group_by(
             CheckState.check_id, CheckState.status
         )
-    ).tuples()
+    ).all()
     for check_id, status, count in rows:
         summary[check_id][status] += int(count)
     return summary

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from flask import Flask, g, request, session
 from flask.sessions import SecureCookieSessionInterface
@@ -22,6 +23,7 @@ from server.db import db_session
 from server.errors import Forbidden
 from server.models import AdminToken, utcnow
 from server.security.secrets import hash_secret
+from server.services import audit as audit_service
 from server.ui import csrf
 
 COOKIE_NAME = "aami_ui_session"
@@ -66,6 +68,11 @@ class UiUser:
     def can_write(self) -> bool:
         return self.role == ADMIN
 
+    @property
+    def actor(self) -> str:
+        """The audit log's name for this user: the same as for the token's API calls."""
+        return audit_service.admin_actor(self.name, self.token_id)
+
 
 def find_admin_token(secret: str) -> AdminToken | None:
     """The live admin token with this secret, or None."""
@@ -84,8 +91,10 @@ def log_in(row: AdminToken) -> UiUser:
     session[TOKEN_ID_KEY] = row.id
     csrf.rotate()
     row.last_used_at = utcnow()
+    user = UiUser(token_id=row.id, name=row.name, role=row.role)
+    audit_service.record(db_session(), user.actor, "ui.login", row.id, {"role": row.role})
     db_session().commit()
-    return UiUser(token_id=row.id, name=row.name, role=row.role)
+    return user
 
 
 def log_out() -> None:
@@ -125,3 +134,11 @@ def require_write() -> UiUser:
             code="read_only_token",
         )
     return user
+
+
+def audit(action: str, subject: str, **details: Any) -> None:
+    """Record the current user's change as the API does (same actions, same actor), in the
+    request's session: it is committed with the change itself."""
+    audit_service.record(
+        db_session(), current_user().actor, action, subject, {**details, "via": "ui"}
+    )

@@ -10,16 +10,15 @@ from flask import Blueprint, flash, jsonify, redirect, render_template, request,
 from flask.typing import ResponseReturnValue
 
 from server.db import db_session
-from server.errors import Conflict
+from server.errors import BadRequest, Conflict
 from server.extensions import notifier, redis_client
 from server.models import Event
 from server.services import commands
 from server.services import targets as target_service
 from server.services.checks import checks_for_target
 from server.ui import plots, queries
-from server.ui.fleet import state_json
-from server.ui.formatting import iso, perf_items, status_label
-from server.ui.session import require_write
+from server.ui.formatting import iso, perf_items, status_json, status_label
+from server.ui.session import audit, require_write
 
 bp = Blueprint("targets", __name__, url_prefix="/targets")
 
@@ -88,14 +87,14 @@ def live(target_id: str) -> ResponseReturnValue:
             "server_time": iso(datetime.now(UTC)),
             "target": {
                 "id": target.id,
-                **state_json(target.status),
+                **status_json(target.status),
                 "maintenance": target.maintenance,
                 "last_seen": iso(last_seen),
             },
             "checks": [
                 {
                     "check_id": line.check_id,
-                    **state_json(line.status),
+                    **status_json(line.status),
                     "output": line.state.output if line.state else "",
                     "perfdata": perf_items(line.state.perfdata) if line.state else [],
                     "executed_at": iso(line.state.executed_at) if line.state else None,
@@ -117,6 +116,9 @@ def run_check(target_id: str, check_id: str) -> ResponseReturnValue:
     target = target_service.get_target(session, target_id)
     if check_id not in {c.id for c in checks_for_target(session, target)}:
         raise Conflict(f"check {check_id!r} is not assigned to {target.hostname}")
+    # Recorded before the command is queued, as the API does: nothing runs unlogged.
+    audit("check.force_run", target.id, check_id=check_id)
+    session.commit()
     commands.queue_command(redis_client(), target.id, {"type": "run_check", "check_id": check_id})
     flash(f"Asked {target.hostname} to run {check_id} now.", "success")
     return redirect(url_for("ui.targets.show", target_id=target.id) + f"#check-{check_id}")
@@ -126,9 +128,15 @@ def run_check(target_id: str, check_id: str) -> ResponseReturnValue:
 def set_maintenance(target_id: str) -> ResponseReturnValue:
     """Maintenance on or off, as the form says (idempotent, unlike a blind toggle)."""
     require_write()
-    wanted = request.form.get("maintenance") == "on"
+    choice = request.form.get("maintenance")
+    if choice not in ("on", "off"):
+        raise BadRequest("say maintenance=on or maintenance=off")
+    wanted = choice == "on"
     session = db_session()
+    before = target_service.get_target(session, target_id).maintenance
     target = target_service.update_target(session, target_id, {"maintenance": wanted})
+    if before != wanted:
+        audit("target.update", target.id, changes={"maintenance": {"from": before, "to": wanted}})
     session.commit()
     notifier().publish(target.id)
     word = "is now in maintenance" if wanted else "is out of maintenance"

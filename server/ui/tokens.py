@@ -9,13 +9,14 @@ from flask.typing import ResponseReturnValue
 from werkzeug.datastructures import MultiDict
 
 from server.api import schemas
+from server.api.bootstrap_tokens import describe_bootstrap_token
 from server.api.routing import load_with
 from server.db import db_session
 from server.errors import InvalidFields
 from server.models import BootstrapToken, utcnow
 from server.services import targets as target_service
 from server.services import tokens as token_service
-from server.ui.session import require_write
+from server.ui.session import audit, require_write
 
 bp = Blueprint("tokens", __name__, url_prefix="/tokens")
 
@@ -112,6 +113,7 @@ def create() -> ResponseReturnValue:
         return _page(
             422, form=form, form_error=exc.message, field_errors=_messages(exc.fields)
         )
+    audit("bootstrap_token.create", issued.row.id, **describe_bootstrap_token(issued.row))
     db_session().commit()
     return _page(created=issued.row, secret=issued.secret)
 
@@ -120,6 +122,7 @@ def create() -> ResponseReturnValue:
 def revoke(token_id: str) -> ResponseReturnValue:
     require_write()
     row = token_service.revoke_bootstrap_token(db_session(), token_id)
+    audit("bootstrap_token.revoke", row.id, name=row.name, prefix=row.prefix)
     db_session().commit()
     flash(f"Bootstrap token {row.name!r} ({row.prefix}…) is revoked.", "success")
     return redirect(url_for("ui.tokens.index"))

@@ -3,10 +3,16 @@
 It keeps the parts of the server the agent can observe: tokens that expire and rotate,
 an assignment with an ETag and a long-poll, pending commands delivered with heartbeats,
 and the results it accepted. Switches make it fail the way a real server does.
+
+Policies are signed like the real server signs them (server/security/policy.py) once a
+test sets ``policy_key``; client certificates are issued by a real
+server.security.ca.CertificateAuthority once a test sets ``ca``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import threading
 import time
 import uuid
@@ -17,6 +23,7 @@ from agent.errors import (
     AuthError,
     InvalidRefreshToken,
     NotRegistered,
+    RegistrationRejected,
     RequestRejected,
     TransportError,
 )
@@ -25,7 +32,9 @@ from agent.transport.base import (
     Assignment,
     Command,
     HeartbeatReply,
+    IssuedCertificate,
     NotModified,
+    PolicySignature,
     PushReply,
     Registration,
     Rejection,
@@ -56,6 +65,17 @@ class FakeServer:
         self._commands: list[Command] = []
         self._checks: list[Any] = []
         self._version = 0
+        # Signed policies: None sends them unsigned (a server without a policy key).
+        self.policy_key: Any = None  # an Ed25519PrivateKey
+        self.serial = 0  # bumped by assign(); a test lowers it to replay
+        self.target_override: str | None = None  # sign a policy for another target
+        self.tamper: Callable[[dict[str, Any]], None] | None = None  # edits a signed reply
+        # Client certificates: None answers a CSR with 409 ca_not_configured.
+        self.ca: Any = None  # a server.security.ca.CertificateAuthority
+        self.cert_days = 30
+        self.csrs: list[str] = []
+        self.issued: list[str] = []  # certificates issued, PEM
+        self.renewals = 0
 
     # -- controls for tests ----------------------------------------------------------
 
@@ -63,6 +83,7 @@ class FakeServer:
         with self._cond:
             self._checks = checks
             self._version += 1
+            self.serial += 1
             self._cond.notify_all()
 
     @property
@@ -118,14 +139,35 @@ class FakeServer:
         if token not in self._access:
             raise AuthError("HTTP 401 token_expired")
 
+    def _issue(self, agent_id: str, csr: str, *, at_registration: bool) -> IssuedCertificate:
+        self.csrs.append(csr)
+        if self.ca is None:
+            error = RegistrationRejected if at_registration else RequestRejected
+            raise error("HTTP 409 ca_not_configured: the server has no CA",
+                        code="ca_not_configured")
+        certificate = self.ca.sign_agent_csr(agent_id, csr, self.cert_days)
+        self.issued.append(certificate)
+        return IssuedCertificate(certificate=certificate,
+                                 ca_certificate=self.ca.certificate_pem)
+
     def register(self, registration: Registration) -> TokenGrant:
         with self._cond:
             if self.down:
                 raise TransportError("connection refused (fake)")
             self.registrations.append(registration)
             agent_id = registration.agent_id or str(uuid.uuid4())
+            certificate = None
+            if registration.csr:
+                certificate = self._issue(agent_id, registration.csr, at_registration=True)
             self._known_agents.add(agent_id)
-            return self._grant(agent_id)
+            return dataclasses.replace(self._grant(agent_id), certificate=certificate)
+
+    def renew_certificate(self, agent_id: str, access_token: str, csr: str
+                          ) -> IssuedCertificate:
+        with self._cond:
+            self._check(agent_id, access_token)
+            self.renewals += 1
+            return self._issue(agent_id, csr, at_registration=False)
 
     def refresh(self, agent_id: str, refresh_token: str) -> TokenGrant:
         with self._cond:
@@ -172,8 +214,31 @@ class FakeServer:
             commands: tuple[Command, ...] = ()
             if takes_commands:
                 commands, self._commands = tuple(self._commands), []
-            return Assignment(etag=self.etag, config_version=f"v{self._version}",
-                              checks=list(self._checks), commands=commands)
+            return self._policy(agent_id, commands)
+
+    def _policy(self, agent_id: str, commands: tuple[Command, ...]) -> Assignment:
+        """The reply as the agent's transport decodes it from the wire (JSON round trip)."""
+        policy: dict[str, Any] = {
+            "target_id": self.target_override or agent_id,
+            "config_version": f"v{self._version}",
+            "checks": self._checks,
+            "serial": self.serial,
+            "issued_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+        }
+        if self.policy_key is not None:
+            from server.security.policy import sign_policy
+
+            policy["signature"] = sign_policy(self.policy_key, policy)
+        policy = json.loads(json.dumps(policy))
+        if self.tamper is not None:
+            self.tamper(policy)
+        signature = policy.get("signature")
+        return Assignment(
+            etag=self.etag, config_version=policy["config_version"], checks=policy["checks"],
+            commands=commands, target_id=policy["target_id"], serial=policy["serial"],
+            issued_at=policy["issued_at"],
+            signature=PolicySignature(**signature) if signature else None,
+        )
 
     def push_results(
         self,
@@ -204,6 +269,7 @@ class FakeTransport:
     def __init__(self, server: FakeServer) -> None:
         self.server = server
         self.closed = False
+        self.tls_files: list[tuple[str | None, str | None, str | None]] = []
 
     def _open(self) -> FakeServer:
         if self.closed:
@@ -234,6 +300,14 @@ class FakeTransport:
         timeout: float | None = None,
     ) -> PushReply:
         return self._open().push_results(agent_id, access_token, results, timeout)
+
+    def renew_certificate(self, agent_id: str, access_token: str, csr: str
+                          ) -> IssuedCertificate:
+        return self._open().renew_certificate(agent_id, access_token, csr)
+
+    def use_tls_files(self, client_cert: str | None, client_key: str | None,
+                      ca_bundle: str | None) -> None:
+        self.tls_files.append((client_cert, client_key, ca_bundle))
 
     def close(self) -> None:
         self.closed = True

@@ -17,6 +17,7 @@ from agent.errors import (
     NotRegistered,
     RegistrationOnHold,
     RegistrationRejected,
+    RetryLater,
     TransportError,
 )
 from agent.transport.base import Registration, TokenGrant
@@ -206,3 +207,60 @@ def test_missing_bootstrap_token_is_a_config_error(tmp_path: Path) -> None:
     auth = Authenticator(TokenServer(), CredentialStore(tmp_path / "c.json"), no_token)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="bootstrap_token"):
         auth.current()
+
+
+# -- rate limits: a Retry-After on register or refresh holds every caller -----------------
+
+
+def test_retry_after_on_registration_holds_every_caller_until_it_has_passed(
+    tmp_path: Path,
+) -> None:
+    server = TokenServer()
+    server.reject_registration = RetryLater("HTTP 429 rate_limited", retry_after=30)
+    clock = [1000.0]
+    auth = make_auth(tmp_path, server, clock=lambda: clock[0])
+
+    with pytest.raises(RetryLater):
+        auth.current()
+    server.reject_registration = None
+    for elapsed in (0.0, 10.0, 29.5):
+        clock[0] = 1000.0 + elapsed
+        with pytest.raises(RetryLater) as info:
+            auth.current()
+        assert info.value.retry_after == pytest.approx(30 - elapsed)
+    assert len(server.registrations) == 1  # nobody asked again inside the window
+
+    clock[0] = 1030.5
+    assert auth.current().agent_id == AGENT_ID
+    assert len(server.registrations) == 2
+
+
+def test_retry_after_on_refresh_holds_every_caller_until_it_has_passed(
+    tmp_path: Path,
+) -> None:
+    class RateLimitedRefresh(TokenServer):
+        limited = True
+
+        def refresh(self, agent_id: str, refresh_token: str) -> TokenGrant:
+            self.refresh_calls = getattr(self, "refresh_calls", 0) + 1
+            if self.limited:
+                raise RetryLater("HTTP 429 rate_limited", retry_after=20)
+            return super().refresh(agent_id, refresh_token)
+
+    server = RateLimitedRefresh()
+    clock = [time.time()]
+    auth = make_auth(tmp_path, server, clock=lambda: clock[0])
+    first = auth.current()
+    clock[0] += 900 - 30  # refresh due
+
+    with pytest.raises(RetryLater):
+        auth.current()
+    server.limited = False
+    clock[0] += 19
+    with pytest.raises(RetryLater, match="asked to wait"):
+        auth.current()
+    assert server.refresh_calls == 1
+
+    clock[0] += 2
+    assert auth.current().access_token != first.access_token
+    assert server.refresh_calls == 2 and len(server.registrations) == 1

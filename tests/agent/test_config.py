@@ -374,3 +374,62 @@ def test_cli_missing_config_file_exits_2(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "configuration file not found" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# -- security: policy keys, certificate enrollment -----------------------------------------
+
+POLICY_KEY = "6G3g0mHc8pPOLJq5CmXbgqdrvSlD9J0vCMKxGrtOCkg="  # 32 raw bytes, base64
+
+
+def test_policy_keys_are_a_list_of_base64_ed25519_public_keys(tmp_path: Path) -> None:
+    assert load(tmp_path, "server: {address: x}\n").server.policy_keys == ()
+    config = load(tmp_path, f"server: {{address: x, policy_keys: [{POLICY_KEY}, "
+                            f"' {POLICY_KEY} ']}}\n")
+    assert config.server.policy_keys == (POLICY_KEY,)  # duplicates collapse
+    single = load(tmp_path, f"server: {{address: x, policy_keys: {POLICY_KEY}}}\n")
+    assert single.server.policy_keys == (POLICY_KEY,)
+
+
+@pytest.mark.parametrize("key", ["not-base64!", "c2hvcnQ=", POLICY_KEY + "AAAA", "42"])
+def test_a_bad_policy_key_stops_the_agent_naming_the_entry(tmp_path: Path, key: str) -> None:
+    with pytest.raises(ConfigError, match=r"server.policy_keys\[1\]: .* is not a base64 "
+                                          r"Ed25519 public key"):
+        load(tmp_path, f"server: {{address: x, policy_keys: [{POLICY_KEY}, '{key}']}}\n")
+
+
+def test_enrollment_puts_the_certificate_in_the_state_dir_by_default(tmp_path: Path) -> None:
+    config = load(tmp_path, "server: {address: 'https://x', tls: {enroll: true}}\n"
+                            "agent: {state_dir: state}\n")
+    tls = config.server.tls
+    assert tls.enroll and tls.enabled
+    assert (tls.client_cert, tls.client_key) == (tmp_path / "state" / "agent.crt",
+                                                 tmp_path / "state" / "agent.key")
+    assert tls.ca_cert is None
+
+
+def test_enrollment_keeps_configured_paths_and_does_not_need_the_files_yet(
+    tmp_path: Path
+) -> None:
+    (tmp_path / "ca.crt").write_text("pem")
+    config = load(tmp_path, "server:\n  address: x\n  tls: {enabled: true, enroll: true, "
+                            "ca_cert: ca.crt, client_cert: tls/a.crt, client_key: tls/a.key}\n")
+    tls = config.server.tls
+    assert (tls.client_cert, tls.client_key) == (tmp_path / "tls/a.crt", tmp_path / "tls/a.key")
+    assert not load(tmp_path, "server: {address: x}\n").server.tls.enroll
+
+
+@pytest.mark.parametrize(
+    ("server", "fragment"),
+    [("{address: 'http://x', tls: {enroll: true}}",
+      "server.tls.enroll: a client certificate needs TLS (server.address uses http://)"),
+     ("{address: x, tls: {enroll: true}}",
+      "server.tls.enroll: a client certificate needs TLS (set enabled: true)"),
+     ("{address: 'https://x', tls: {enroll: 'yes'}}", "server.tls.enroll: expected true or false"),
+     ("{address: 'https://x', tls: {enroll: true, ca_cert: /nope/ca.crt}}",
+      "server.tls.ca_cert: /nope/ca.crt does not exist")],
+)
+def test_bad_enrollment_settings_stop_the_agent(tmp_path: Path, server: str,
+                                                fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, f"server: {server}\n")
+    assert fragment in str(info.value)

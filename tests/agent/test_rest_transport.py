@@ -27,7 +27,14 @@ from agent.errors import (
     RetryLater,
     TransportError,
 )
-from agent.transport.base import NOT_MODIFIED, Assignment, Command, Registration
+from agent.transport.base import (
+    NOT_MODIFIED,
+    Assignment,
+    Command,
+    IssuedCertificate,
+    PolicySignature,
+    Registration,
+)
 from agent.transport.rest import LONG_POLL_MARGIN, RestTransport, parse_retry_after
 
 AGENT_ID = "6f1c2e9a-3b7d-4c1e-9f00-1234567890ab"
@@ -49,6 +56,8 @@ class Seen:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: Any
+    at: float = field(default_factory=time.monotonic)
+    peer_cn: str | None = None  # CN of the client certificate, over mutual TLS
 
 
 class FakeServer:
@@ -64,10 +73,14 @@ class FakeServer:
                 parts = urlsplit(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
+                getpeercert = getattr(self.connection, "getpeercert", None)
+                peer = getpeercert() if getpeercert else None
                 server.requests.append(Seen(
                     method=self.command, path=parts.path, query=parse_qs(parts.query),
                     headers={k.lower(): v for k, v in self.headers.items()},
                     body=json.loads(raw) if raw else None,
+                    peer_cn=dict(rdn[0] for rdn in peer["subject"])["commonName"]
+                    if peer else None,
                 ))
                 queue = server.replies.get(parts.path) or [Reply(404, {"error": {
                     "code": "not_found", "message": "no reply scripted"}})]
@@ -186,6 +199,63 @@ def test_register_404_means_a_wrong_address_not_an_unknown_agent(
         transport.register(Registration(token="t", agent_id=AGENT_ID, hostname="h"))
     assert type(info.value) is TransportError
     assert "Not Found" in str(info.value)
+
+
+CSR = "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"
+CERT = "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n"
+CA_CERT = "-----BEGIN CERTIFICATE-----\nMIIA\n-----END CERTIFICATE-----\n"
+ISSUED = {"certificate": CERT, "ca_certificate": CA_CERT,
+          "certificate_expires_at": "2027-01-01T00:00:00Z"}
+
+
+def test_register_with_a_csr_returns_the_certificate(
+    server: FakeServer, transport: RestTransport
+) -> None:
+    server.script("/bootstrap-tokens/register", Reply(201, {**GRANT, **ISSUED}))
+    grant = transport.register(Registration(token="t", agent_id=AGENT_ID, hostname="h",
+                                            csr=CSR))
+    assert server.requests[0].body["csr"] == CSR
+    assert grant.certificate == IssuedCertificate(CERT, CA_CERT, "2027-01-01T00:00:00Z")
+
+
+def test_register_without_a_csr_sends_none_and_gets_no_certificate(
+    server: FakeServer, transport: RestTransport
+) -> None:
+    server.script("/bootstrap-tokens/register", Reply(201, GRANT))
+    grant = transport.register(Registration(token="t", agent_id=AGENT_ID, hostname="h"))
+    assert "csr" not in server.requests[0].body and grant.certificate is None
+
+
+def test_renew_certificate_posts_the_csr_with_the_access_token(
+    server: FakeServer, transport: RestTransport
+) -> None:
+    server.script(f"/agents/{AGENT_ID}/certificate", Reply(200, ISSUED))
+    issued = transport.renew_certificate(AGENT_ID, "jwt", CSR)
+    seen = server.requests[0]
+    assert (seen.method, seen.path, seen.body) == (
+        "POST", f"/api/v1/agents/{AGENT_ID}/certificate", {"csr": CSR})
+    assert seen.headers["authorization"] == "Bearer jwt"
+    assert issued == IssuedCertificate(CERT, CA_CERT, "2027-01-01T00:00:00Z")
+
+
+@pytest.mark.parametrize(
+    ("reply", "error_type", "code"),
+    [(Reply(409, error("ca_not_configured")), RequestRejected, "ca_not_configured"),
+     # An older server without the endpoint: not "unknown agent", which re-registers.
+     (Reply(404, error("not_found")), RequestRejected, "not_found"),
+     (Reply(401, error("token_expired")), AuthError, "token_expired"),
+     (Reply(200, {"certificate": None}), TransportError, None)],
+    ids=["no-ca", "no-endpoint", "token-expired", "no-certificate"],
+)
+def test_renew_certificate_errors(
+    server: FakeServer, transport: RestTransport, reply: Reply,
+    error_type: type[Exception], code: str | None,
+) -> None:
+    server.script(f"/agents/{AGENT_ID}/certificate", reply)
+    with pytest.raises(error_type) as info:
+        transport.renew_certificate(AGENT_ID, "jwt", CSR)
+    assert type(info.value) is error_type
+    assert getattr(info.value, "code", None) == code
 
 
 def test_refresh_rotates_tokens(server: FakeServer, transport: RestTransport) -> None:
@@ -345,6 +415,35 @@ def test_fetch_checks_returns_the_assignment_with_its_etag(
     assert seen.headers["authorization"] == "Bearer jwt"
 
 
+def test_fetch_checks_keeps_the_signed_fields_as_sent(
+    server: FakeServer, transport: RestTransport
+) -> None:
+    checks = [{"id": "disk", "command": ["/bin/true"], "interval": "60s", "limits": {"a": 1.5}}]
+    server.script(f"/checks/target/{AGENT_ID}", Reply(200, {
+        "target_id": AGENT_ID, "config_version": "3f2a", "checks": checks, "serial": 42,
+        "issued_at": "2026-11-22T10:30:00.123Z", "commands": [],
+        "signature": {"algorithm": "ed25519", "key_id": "3f2a9c", "value": "c2ln"}}))
+
+    result = transport.fetch_checks(AGENT_ID, "jwt", None, 0)
+
+    assert isinstance(result, Assignment)
+    assert (result.target_id, result.serial, result.issued_at) == (
+        AGENT_ID, 42, "2026-11-22T10:30:00.123Z")
+    assert result.checks == checks
+    assert result.signature == PolicySignature("ed25519", "3f2a9c", "c2ln")
+
+
+@pytest.mark.parametrize("signature", ["not an object", ["x"], {"value": 3}])
+def test_a_malformed_signature_is_not_mistaken_for_none(
+    server: FakeServer, transport: RestTransport, signature: Any
+) -> None:
+    server.script(f"/checks/target/{AGENT_ID}", Reply(200, {
+        "target_id": AGENT_ID, "config_version": "v", "checks": [], "signature": signature}))
+    result = transport.fetch_checks(AGENT_ID, "jwt", None, 0)
+    assert isinstance(result, Assignment) and result.signature is not None
+    assert result.signature.algorithm == ""
+
+
 def test_fetch_checks_sends_etag_and_wait_and_maps_304(
     server: FakeServer, transport: RestTransport
 ) -> None:
@@ -424,6 +523,8 @@ class Pki:
     server_key: Path
     client_cert: Path
     client_key: Path
+    renewed_cert: Path
+    renewed_key: Path
 
 
 @pytest.fixture(scope="module")
@@ -472,14 +573,20 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     client_key, client_cert = issue("agent", ca_key, ca_cert.subject, extra=lambda b: b
                                     .add_extension(x509.ExtendedKeyUsage(
                                         [ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+    renewed_key, renewed_cert = issue("agent-renewed", ca_key, ca_cert.subject,
+                                      extra=lambda b: b.add_extension(x509.ExtendedKeyUsage(
+                                          [ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
     pem = serialization.Encoding.PEM
     paths = Pki(directory / "ca.crt", directory / "server.crt", directory / "server.key",
-                directory / "agent.crt", directory / "agent.key")
+                directory / "agent.crt", directory / "agent.key",
+                directory / "renewed.crt", directory / "renewed.key")
     paths.ca.write_bytes(ca_cert.public_bytes(pem))
     paths.server_cert.write_bytes(server_cert.public_bytes(pem))
     paths.client_cert.write_bytes(client_cert.public_bytes(pem))
+    paths.renewed_cert.write_bytes(renewed_cert.public_bytes(pem))
     write_key(server_key, paths.server_key)
     write_key(client_key, paths.client_key)
+    write_key(renewed_key, paths.renewed_key)
     return paths
 
 
@@ -502,6 +609,31 @@ def test_tls_with_ca_cert_and_client_certificate(tls_server: FakeServer, pki: Pk
     rest = RestTransport(tls_server.url, timeout=2.0, ca_cert=str(pki.ca),
                          client_cert=str(pki.client_cert), client_key=str(pki.client_key))
     assert rest.heartbeat(AGENT_ID, "jwt", {"version": "0.1.0"}).config_version == "v"
+    rest.close()
+
+
+def test_new_client_certificate_files_are_used_without_a_restart(
+    tls_server: FakeServer, pki: Pki, tmp_path: Path
+) -> None:
+    tls_server.httpd.RequestHandlerClass.protocol_version = "HTTP/1.1"  # keep-alive
+    rest = RestTransport(tls_server.url, timeout=2.0, ca_cert=str(pki.ca))
+    with pytest.raises(TransportError, match="TLS error"):  # the server wants a certificate
+        rest.heartbeat(AGENT_ID, "jwt", {"version": "0.1.0"})
+
+    cert, key = tmp_path / "agent.crt", tmp_path / "agent.key"
+    cert.write_bytes(pki.client_cert.read_bytes())
+    key.write_bytes(pki.client_key.read_bytes())
+    rest.use_tls_files(str(cert), str(key), str(pki.ca))
+    assert rest.heartbeat(AGENT_ID, "jwt", {"version": "0.1.0"}).config_version == "v"
+    assert tls_server.requests[-1].peer_cn == "agent"
+
+    # A renewal replaces the files in place: the next connection presents the new pair,
+    # although the old pair's keep-alive connection is still open.
+    cert.write_bytes(pki.renewed_cert.read_bytes())
+    key.write_bytes(pki.renewed_key.read_bytes())
+    rest.use_tls_files(str(cert), str(key), str(pki.ca))
+    rest.heartbeat(AGENT_ID, "jwt", {"version": "0.1.0"})
+    assert tls_server.requests[-1].peer_cn == "agent-renewed"
     rest.close()
 
 

@@ -75,6 +75,9 @@ def test_deployed_agent_registers_with_its_install_time_id_and_reports_results(
             aami_bootstrap_token=bootstrap_token,
             aami_agent_labels={"environment": "e2e", "deployed_by": "ansible"},
             aami_agent_heartbeat_interval="2s",
+            # Generous on a busy test machine: a registration whose reply comes too late
+            # cannot be retried (the server answers 409 agent_id_in_use to the retry).
+            aami_agent_heartbeat_timeout="30s",
             aami_agent_log_format="text",
             aami_agent_config_extra={"results": {"flush_interval": "500ms"}},
         ))

@@ -25,8 +25,9 @@ def test_first_run_changes_the_host_and_the_second_changes_nothing(
 
 
 def test_migration_reports_a_change_only_when_it_applied_one(server_install: Applied) -> None:
-    assert "Apply the database migrations" in server_install.first.changed_tasks()
-    assert "Apply the database migrations" not in server_install.second.changed_tasks()
+    task = "aami_server : Apply the database migrations"
+    assert task in server_install.first.changed_tasks()
+    assert task not in server_install.second.changed_tasks()
     assert (server_install.root / "var/lib/aami-server/aami.db").is_file()
 
 

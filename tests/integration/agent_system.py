@@ -11,6 +11,8 @@ API, PostgreSQL, the agent's status file and /proc.
 from __future__ import annotations
 
 import contextlib
+import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -98,7 +100,11 @@ class AgentSystem:
     agent: LiveAgent
     admin: AdminApi
     plugin_dir: Path
-    """Inside the agent's allowed paths: where a test writes its own plugin scripts."""
+    """Inside the agent's allowed paths: where a test writes its own plugin scripts.
+
+    Outside pytest's private (0700) temporary directories: an agent running as root runs
+    its checks as ``nobody``, who must be able to reach and execute the scripts.
+    """
     agent_id: str
 
     def write_plugin(self, name: str, body: str) -> str:
@@ -107,6 +113,13 @@ class AgentSystem:
         path.write_text("#!/bin/sh\n" + body)
         path.chmod(0o755)
         return str(path)
+
+    def shared_file(self, name: str) -> Path:
+        """An empty file in :attr:`plugin_dir` that the checks may append to."""
+        path = self.plugin_dir / name
+        path.touch()
+        path.chmod(0o666)
+        return path
 
     def add_check(self, check_id: str, command: list[str], **fields: Any) -> dict[str, Any]:
         return self.admin.create_check(check_id, command, target_id=self.agent_id, **fields)
@@ -156,8 +169,8 @@ def running_system(
     """
     admin = AdminApi(server, last_line(server.cli("admin-token", "create", "--name", "ops")))
     bootstrap = last_line(server.cli("token", "create", "--name", "agents"))
-    plugin_dir = directory / "checks"
-    plugin_dir.mkdir(parents=True)
+    plugin_dir = Path(tempfile.mkdtemp(prefix="aami-checks-"))
+    plugin_dir.chmod(0o755)
     worker = LiveWorker(server)
     config = write_agent_config(
         directory / "agent", server_url=server.url, bootstrap_token=bootstrap,
@@ -181,6 +194,7 @@ def running_system(
         agent.close()
         worker.close()
         admin.close()
+        shutil.rmtree(plugin_dir, ignore_errors=True)
     assert agent.exit_code == 0, f"the agent exited {agent.exit_code}:\n{_tail(agent.log_text())}"
     assert not agent.leftovers, f"the agent left processes behind: {agent.leftovers}"
     assert not worker.leftovers, f"the worker left processes behind: {worker.leftovers}"

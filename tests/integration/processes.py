@@ -242,9 +242,10 @@ class LiveAgent(_SessionReaper, LocalServer):
 
     def status(self) -> dict[str, Any]:
         try:
-            return json.loads(self.status_path.read_text())  # type: ignore[no-any-return]
+            data: dict[str, Any] = json.loads(self.status_path.read_text())
         except (OSError, ValueError):
             return {}
+        return data
 
     def agent_id(self) -> str:
         return (self.data_dir / "agent-id").read_text().strip()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,10 +34,10 @@ def system(live_server: LiveServer, tmp_path: Path) -> Iterator[AgentSystem]:
 
 
 def test_hung_check_is_killed_with_its_grandchildren_and_reported_critical_in_time(
-    system: AgentSystem, record_property: pytest.RecordProperty
+    system: AgentSystem, record_property: Callable[[str, object], None]
 ) -> None:
     marker = f"aami-hang-{uuid.uuid4().hex}"
-    runs = system.plugin_dir / "runs.txt"  # "plugin-pid grandchild-pid" per run
+    runs = system.shared_file("runs.txt")  # "plugin-pid grandchild-pid" per run
     plugins = {
         "orphan-holds-stdout": system.write_plugin("orphan_holds_stdout", f"""
 echo "plugin $$ started its grandchild"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +73,9 @@ def watch_spool(system: AgentSystem, until: float, seen: list[int]) -> None:
 
 
 def test_results_survive_a_server_outage_and_an_agent_restart_exactly_once(
-    system: AgentSystem, record_property: pytest.RecordProperty
+    system: AgentSystem, record_property: Callable[[str, object], None]
 ) -> None:
-    ledger_path = system.plugin_dir / "ledger.txt"
+    ledger_path = system.shared_file("ledger.txt")
     # $PPID is the agent: the executor starts the plugin directly (no shell in between).
     script = system.write_plugin("ledger", f"""
 run_id=$(cat /proc/sys/kernel/random/uuid)

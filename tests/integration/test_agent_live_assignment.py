@@ -14,7 +14,7 @@ shows the new behaviour:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ def first_start_after(results: list[dict[str, Any]], output: str) -> float | Non
 
 
 def test_check_added_changed_and_removed_take_effect_within_two_seconds(
-    system: AgentSystem, record_property: pytest.RecordProperty
+    system: AgentSystem, record_property: Callable[[str, object], None]
 ) -> None:
     agent_pid = system.agent.pid
     latencies: dict[str, float] = {}

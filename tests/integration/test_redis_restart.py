@@ -43,6 +43,7 @@ pytestmark = pytest.mark.integration
 RESULTS_PER_BATCH = 10
 BATCHES_EACH_SIDE = 25  # accepted before the restart, and again after it
 GIVE_UP_ON_A_BATCH_S = 90
+OUTAGE_S = 4
 
 
 @pytest.fixture
@@ -133,8 +134,13 @@ def test_accepted_results_survive_a_redis_restart(
                    timeout=60, what="batches accepted before the restart")
 
         redis_server.stop()  # SIGTERM: Redis writes what it holds to its AOF and exits
-        wait_until(lambda: stream.statuses[503] >= 3 or stream.failure, timeout=30,
-                   what="the API to answer 503 while Redis is down")
+        stopped_at = time.monotonic()
+        # Down long enough for the workers to fail again while restarting, not just once.
+        wait_until(
+            lambda: (stream.statuses[503] >= 3 and time.monotonic() - stopped_at > OUTAGE_S)
+            or stream.failure,
+            timeout=30, what="the API to answer 503 while Redis is down",
+        )
         redis_server.start()
 
         resumed_at = stream.accepted_batches

@@ -201,3 +201,50 @@ def test_settings_are_immutable(tmp_path):
     assert isinstance(settings, Settings)
     with pytest.raises(AttributeError):
         settings.HEARTBEAT_INTERVAL = 1  # type: ignore[misc]
+
+
+def test_security_defaults(tmp_path):
+    settings = _load(tmp_path)
+    assert settings.REQUIRE_CLIENT_CERT is False
+    assert settings.REGISTER_RATE_LIMIT == "30/1m"
+    assert settings.REFRESH_RATE_LIMIT == "10/1m"
+    assert settings.trusted_proxies() == []
+    assert settings.CLIENT_CERT_HEADER == ""
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("true", True), ("1", True), ("Yes", True), ("false", False), ("0", False), ("", False)],
+)
+def test_require_client_cert_reads_booleans(tmp_path, value, expected):
+    assert _load(tmp_path, {"AAMI_REQUIRE_CLIENT_CERT": value}).REQUIRE_CLIENT_CERT is expected
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("AAMI_REQUIRE_CLIENT_CERT", "sometimes"),
+        ("AAMI_REGISTER_RATE_LIMIT", "30"),
+        ("AAMI_REFRESH_RATE_LIMIT", "ten/1m"),
+        ("AAMI_TRUSTED_PROXIES", "10.0.0.1, proxy.example.com"),
+        ("AAMI_CLIENT_CERT_HEADER", "X Client Cert"),
+    ],
+)
+def test_bad_security_setting_names_the_variable(tmp_path, variable, value):
+    with pytest.raises(SettingsError, match=variable):
+        # A proxy is trusted, so the header name is judged on its own.
+        _load(tmp_path, {"AAMI_TRUSTED_PROXIES": "10.0.0.1", variable: value})
+
+
+def test_certificate_header_without_trusted_proxies_is_refused(tmp_path):
+    with pytest.raises(SettingsError, match="AAMI_TRUSTED_PROXIES"):
+        _load(tmp_path, {"AAMI_CLIENT_CERT_HEADER": "X-Client-Cert"})
+
+
+def test_trusted_proxies_accept_addresses_and_networks(tmp_path):
+    settings = _load(tmp_path, {"AAMI_TRUSTED_PROXIES": "10.0.0.1, 192.168.0.0/16,::1"})
+    assert [str(n) for n in settings.trusted_proxies()] == [
+        "10.0.0.1/32",
+        "192.168.0.0/16",
+        "::1/128",
+    ]

@@ -20,9 +20,14 @@ from flask.testing import FlaskClient
 from server import create_app, migrate
 from server.db import get_database
 from server.services import tokens
-from tests.ui.fleet import ClientApi, Fleet
+from tests.ui.fleet import ClientApi, Fleet, HttpApi
+from tests.ui.live import Browser, EmbeddedServer, chromium, chromium_or_skip
 
 CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "browser: drives headless Chromium with Selenium")
 
 
 @pytest.fixture(scope="session")
@@ -99,3 +104,56 @@ def login(client: FlaskClient, make_admin_token: Callable[..., str]) -> Callable
 def logged_in(login: Callable[..., str]) -> Iterator[str]:
     """An admin session on ``client``; yields its CSRF token."""
     yield login("admin")
+
+
+# --------------------------------------------------------------------------- browser tests
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    """``aami-server serve`` in embedded mode (SQLite and jobs in-process) on a free port."""
+    server = EmbeddedServer(tmp_path_factory.mktemp("ui-server"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+    assert not server.leftovers, f"server processes left running: {server.leftovers}"
+
+
+@pytest.fixture(scope="session")
+def live_tokens(live_server: EmbeddedServer) -> dict[str, str]:
+    """An admin and a read-only token, made with ``aami-server admin-token create``."""
+    return {
+        "admin": live_server.admin_token("ui-admin"),
+        "read-only": live_server.admin_token("ui-viewer", role="read-only"),
+    }
+
+
+@pytest.fixture(scope="session")
+def live_fleet(live_server: EmbeddedServer, live_tokens: dict[str, str]) -> Fleet:
+    """The fleet of ``tests/ui/fleet.py``, registered and reporting over HTTP."""
+    return Fleet(HttpApi(live_server.url), live_tokens["admin"]).seed()
+
+
+@pytest.fixture(scope="session")
+def chromium_driver() -> Iterator[object]:
+    """Headless Chromium for the whole session. Requested after ``live_server``, so it is
+    quit first and leaves no keep-alive connection to hold the server's shutdown."""
+    chromium_or_skip()
+    with chromium() as driver:
+        yield driver
+
+
+@pytest.fixture
+def browser(
+    live_server: EmbeddedServer,
+    live_tokens: dict[str, str],
+    live_fleet: Fleet,
+    chromium_driver: object,
+) -> Browser:
+    """The session's browser, logged in as admin, with the fleet freshly heartbeating."""
+    live_fleet.heartbeat()
+    browser = Browser(chromium_driver, live_server.url, live_tokens)
+    browser.log_in("admin")
+    return browser

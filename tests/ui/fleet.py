@@ -247,9 +247,10 @@ class Fleet:
         return self
 
     def heartbeat(self) -> None:
-        """Keep every agent that has results online (the stale sweep counts heartbeats)."""
+        """Keep every agent online (the stale sweep counts heartbeats) but the one that
+        never reports."""
         for hostname, agent in self.agents.items():
-            if CURRENT[hostname]:
+            if CURRENT.get(hostname) != {}:
                 agent.heartbeat()
 
     def add_agent(self, hostname: str, **spec: Any) -> FakeAgent:

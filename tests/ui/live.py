@@ -163,6 +163,7 @@ def chromium() -> Iterator[Any]:
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}",
                  f"--window-size={DESKTOP[0]},{DESKTOP[1]}"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console, for tests
     service = Service(CHROMEDRIVER, log_output=os.devnull)
     driver = webdriver.Chrome(service=service, options=options)
     try:
@@ -183,8 +184,11 @@ def emulate(driver: Any, width: int, height: int, *, mobile: bool) -> None:
 
 def full_page_png(driver: Any, path: Path, width: int, *, mobile: bool) -> tuple[int, int]:
     """Save the whole page (not only the viewport) at ``width`` CSS pixels as a PNG."""
-    emulate(driver, width, 800, mobile=mobile)
-    height = int(driver.execute_script("return document.documentElement.scrollHeight"))
+    emulate(driver, width, 600, mobile=mobile)
+    # The body's own height: the document is never shorter than the viewport.
+    height = int(driver.execute_script(
+        "return Math.ceil(document.body.getBoundingClientRect().height)"
+    ))
     emulate(driver, width, height, mobile=mobile)
     try:
         shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png"})
@@ -193,3 +197,76 @@ def full_page_png(driver: Any, path: Path, width: int, *, mobile: bool) -> tuple
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(base64.b64decode(shot["data"]))
     return width, height
+
+
+class Browser:
+    """A Selenium driver pointed at one server, with the few moves the tests repeat."""
+
+    def __init__(self, driver: Any, base_url: str, tokens: dict[str, str]) -> None:
+        self.driver = driver
+        self.base_url = base_url
+        self.tokens = tokens
+
+    def open(self, path: str) -> None:
+        self.driver.get(self.base_url + path)
+
+    @property
+    def path(self) -> str:
+        url: str = self.driver.current_url
+        return url.removeprefix(self.base_url)
+
+    def find(self, css: str) -> Any:
+        from selenium.webdriver.common.by import By
+
+        return self.driver.find_element(By.CSS_SELECTOR, css)
+
+    def find_all(self, css: str) -> list[Any]:
+        from selenium.webdriver.common.by import By
+
+        return list(self.driver.find_elements(By.CSS_SELECTOR, css))
+
+    def texts(self, css: str) -> list[str]:
+        return [node.text.strip() for node in self.find_all(css)]
+
+    def log_out(self) -> None:
+        """Forget every cookie: the next page needs a login."""
+        self.driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
+
+    def log_in(self, role: str = "admin") -> None:
+        self.log_out()
+        self.open("/ui/login")
+        self.find("#token").send_keys(self.tokens[role])
+        self.find("form.stack button[type=submit]").click()
+        wait_for(lambda: "/ui/login" not in self.path, 10, f"the {role} login to finish")
+
+    def mark_page(self) -> None:
+        """Tag the loaded document; a reload or navigation loses the tag."""
+        self.driver.execute_script("window.__aamiTestMarker = 'still-here';")
+
+    def same_page(self) -> bool:
+        """The tagged document is still the one loaded, without any reload."""
+        return bool(
+            self.driver.execute_script(
+                "return window.__aamiTestMarker === 'still-here'"
+                " && performance.getEntriesByType('navigation').length === 1"
+                " && performance.getEntriesByType('navigation')[0].type !== 'reload';"
+            )
+        )
+
+    def live_updates(self) -> int:
+        return int(self.driver.execute_script("return (window.AAMI_LIVE || {}).updates || 0;"))
+
+    def post_form(self, action: str, fields: dict[str, str]) -> int:
+        """POST urlencoded ``fields`` to ``action`` from the page (as a forged form would);
+        returns the final HTTP status."""
+        status: int = self.driver.execute_async_script(
+            """
+            const [action, fields, done] = arguments;
+            fetch(action, {method: "POST", body: new URLSearchParams(fields),
+                           credentials: "same-origin"})
+              .then((reply) => done(reply.status), () => done(-1));
+            """,
+            action,
+            fields,
+        )
+        return status

@@ -58,6 +58,12 @@ def test_login_with_admin_token_sets_a_hardened_session_cookie(
     page = client.get("/ui/")
     assert page.status_code == 200
     assert b"Fleet overview" in page.data
+    logins = client.get(
+        "/api/v1/audit?action=ui.login", headers={"Authorization": f"Bearer {admin_token}"}
+    ).get_json()
+    assert [(e["actor"].split(" ")[0], e["details"]) for e in logins] == [
+        ("admin:ops", {"role": "admin"})
+    ]
 
 
 def test_session_cookie_is_secure_over_https(client: FlaskClient, admin_token: str) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from flask.testing import FlaskClient
 
+from server.ui import queries
 from tests.ui.fleet import CURRENT, Fleet, result
 
 
@@ -159,3 +161,14 @@ def test_hostnames_and_labels_are_escaped(
     html = client.get("/ui/").get_data(as_text=True)
     assert "<b>evil</b>" not in html and "&lt;b&gt;evil&lt;/b&gt;" in html
     assert "<script>alert(1)</script>" not in html
+
+
+def test_a_fleet_larger_than_one_page_says_so(
+    client: FlaskClient, logged_in: str, fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(queries, "MAX_TARGETS", 2)
+    html = client.get("/ui/").get_data(as_text=True)
+    assert hosts_in(html) == ["db-1", "staging-1"]
+    assert "The fleet has more than 2 targets" in html
+    monkeypatch.setattr(queries, "MAX_TARGETS", 4)
+    assert "The fleet has more than" not in client.get("/ui/").get_data(as_text=True)

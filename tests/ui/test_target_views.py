@@ -128,6 +128,10 @@ def test_run_now_queues_the_command_the_agent_receives(
     )
     commands_sent = agent.heartbeat()["commands"]
     assert [(c["type"], c["check_id"]) for c in commands_sent] == [("run_check", "http")]
+    [entry] = fleet.admin("GET", "/audit?action=check.force_run")
+    assert entry["actor"].startswith("admin:admin-user (")
+    assert entry["subject"] == agent.agent_id
+    assert entry["details"] == {"check_id": "http", "via": "ui"}
 
 
 def test_run_now_refuses_a_check_not_assigned(
@@ -155,6 +159,12 @@ def test_maintenance_can_be_started_and_ended(
     assert "End maintenance" in html
     client.post(url, data={"csrf_token": logged_in, "maintenance": "off"})
     assert fleet.admin("GET", f"/targets/{target_id}")["maintenance"] is False
+    entries = fleet.admin("GET", f"/audit?action=target.update&subject={target_id}")
+    assert [e["details"]["changes"]["maintenance"] for e in entries] == [
+        {"from": True, "to": False}, {"from": False, "to": True}  # newest first
+    ]
+    reply = client.post(url, data={"csrf_token": logged_in, "maintenance": "maybe"})
+    assert reply.status_code == 400
 
 
 def test_actions_need_the_csrf_token(

@@ -202,6 +202,8 @@
       }
       row.dataset.status = check.status;
       setBadge(row.querySelector('[data-field="status"]'), check.status, check.label);
+      const flapping = row.querySelector('[data-field="flapping"]');
+      if (flapping) flapping.hidden = !check.flapping;
       const output = row.querySelector('[data-field="output"]');
       if (check.executed_at) {
         if (output.textContent !== check.output || output.querySelector(".muted")) output.textContent = check.output;
