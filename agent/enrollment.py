@@ -114,6 +114,12 @@ class CertificateManager:
     @classmethod
     def from_config(cls, config: Config, *, clock: Callable[[], float] = time.time
                     ) -> CertificateManager:
+        """Raises ImportError when ``cryptography`` is not installed (checked without
+        importing it: that happens at the first request for a certificate)."""
+        import importlib.util
+
+        if importlib.util.find_spec("cryptography") is None:
+            raise ImportError("No module named 'cryptography'")
         tls, state = config.server.tls, config.agent.state_dir
         assert tls.enroll and tls.client_cert and tls.client_key
         own_ca = tls.ca_cert is None

@@ -455,7 +455,9 @@ def main(argv: list[str] | None = None) -> int:
                 redis_url=redis_server.url,
                 workers=args.api_workers,
                 threads=args.api_threads,
-                extra_settings={"AAMI_LOG_LEVEL": args.log_level},
+                # Every simulated agent registers from 127.0.0.1.
+                extra_settings={"AAMI_LOG_LEVEL": args.log_level,
+                                "AAMI_REGISTER_RATE_LIMIT": "off"},
             )
             processes.append(server)
             server.start()

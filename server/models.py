@@ -161,6 +161,8 @@ class Check(Base):
     timeout_s: Mapped[float] = mapped_column(Float)
     limits: Mapped[dict[str, Any]] = mapped_column(default=dict)
     env: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Run command[0] as a /bin/sh command line; agents refuse unless they allow shell checks.
+    shell: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     maintenance: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

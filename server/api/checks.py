@@ -18,7 +18,7 @@ from server.extensions import notifier, policy_key, redis_client, settings
 from server.services import checks as check_service
 from server.services import commands
 from server.services.audit import changes as audit_changes
-from server.services.policy import signed_assignment
+from server.services.policy import signed_reply
 from server.services.targets import get_target
 
 bp = Blueprint("checks", __name__, url_prefix="/api/v1")
@@ -137,8 +137,8 @@ def assigned_checks(agent_id: str, query: dict[str, Any]) -> Response:
         response = Response(status=304)
     else:
         assignment["commands"] = commands.take_commands(redis_client(), agent_id) if pending else []
-        signed = signed_assignment(session, assignment, policy_key())
-        response = jsonify(schemas.AgentChecksReply().dump(signed))
+        reply = signed_reply(session, assignment, policy_key(), schemas.AgentChecksReply().dump)
+        response = jsonify(reply)
     response.set_etag(version)
     response.headers["Cache-Control"] = "no-cache"
     return response

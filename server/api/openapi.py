@@ -57,6 +57,15 @@ def _operation(doc: RouteDoc) -> dict[str, Any]:
         responses[str(doc.status)] = {"description": "success"}
     for code, text in _ERROR_STATUSES.items():
         responses.setdefault(str(code), {"description": text, **error})
+    if doc.method != "get":
+        # Any write can meet an existing row or lose a race with a concurrent one.
+        responses.setdefault(
+            "409", {"description": "conflicts with the current state: see the message", **error}
+        )
+    responses.setdefault(
+        "503",
+        {"description": "database or Redis unavailable: retry after Retry-After", **error},
+    )
     if doc.rate_limit:
         responses["429"] = {
             "description": "rate limited: retry after the number of seconds in Retry-After",

@@ -141,17 +141,18 @@ class Assignment(StrictSchema):
     labels = Labels(load_default=dict)
 
 
-def _check_command(value: list[str]) -> None:
-    # marshmallow runs every validator: the empty list is Length's to refuse, not an IndexError.
-    if value and not value[0].startswith("/"):
-        raise ValidationError("command[0] must be an absolute path to the plugin")
-
-
 class CheckCreate(StrictSchema):
     id = fields.String(required=True, validate=SLUG)
     name = Name(200, load_default=None)
     command = fields.List(
-        Text(4096), required=True, validate=[validate.Length(min=1, max=128), _check_command]
+        Text(4096),
+        required=True,
+        validate=validate.Length(min=1, max=128),
+        metadata={"description": "argv; command[0] an absolute path (or one shell line)"},
+    )
+    shell = fields.Boolean(
+        load_default=False,
+        metadata={"description": "run command[0] with /bin/sh -c (agents must allow it)"},
     )
     interval = Duration(minimum=1, maximum=86400, load_default=60.0)
     timeout = Duration(minimum=0.1, maximum=3600, load_default=30.0)
@@ -196,6 +197,7 @@ class CheckReply(StrictSchema):
     timeout = Duration(minimum=0, maximum=1e9, required=True)
     limits = fields.Dict(required=True)
     env = fields.Dict(required=True)
+    shell = fields.Boolean()
     enabled = fields.Boolean()
     maintenance = fields.Boolean()
     assign = fields.Nested(Assignment)

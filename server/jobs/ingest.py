@@ -40,18 +40,18 @@ Batch = tuple[str, list[dict[str, Any]]]  # (agent id, results as the API accept
 STORE_ATTEMPTS = 5
 _RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock detected
 
-# One statement for any number of rows: ten array parameters instead of ten per row,
-# which keeps both the statement and its compilation small.
+# One statement for any number of rows, whose parameter is a single JSON document that
+# PostgreSQL unpacks itself: binding ten values per row (or ten arrays) costs the worker
+# several times more CPU than the database spends inserting.
 _PG_INSERT = text(
     """
     INSERT INTO check_results (result_id, executed_at, target_id, check_id, status,
                                exit_code, output, perfdata, duration_ms, received_at)
-    SELECT r.*, now()
-    FROM unnest(CAST(:result_id AS text[]), CAST(:executed_at AS timestamptz[]),
-                CAST(:target_id AS text[]), CAST(:check_id AS text[]),
-                CAST(:status AS text[]), CAST(:exit_code AS int2[]),
-                CAST(:output AS text[]), CAST(:perfdata AS json[]),
-                CAST(:duration_ms AS int4[])) AS r
+    SELECT r.result_id, r.executed_at, r.target_id, r.check_id, r.status,
+           r.exit_code, r.output, r.perfdata, r.duration_ms, now()
+    FROM json_to_recordset(CAST(:rows AS json)) AS r(
+        result_id text, executed_at timestamptz, target_id text, check_id text,
+        status text, exit_code smallint, output text, perfdata json, duration_ms integer)
     ON CONFLICT DO NOTHING
     RETURNING result_id
     """
@@ -63,13 +63,11 @@ _SQLITE_ROWS_PER_INSERT = 90
 def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) -> int:
     """Insert rows whose ``result_id`` is new; returns how many were new."""
     if session.get_bind().dialect.name == "postgresql":
-        params = {
-            name: [r[name] for r in rows]
-            for name in ("result_id", "executed_at", "target_id", "check_id", "status",
-                         "exit_code", "output", "duration_ms")
-        }
-        params["perfdata"] = [json.dumps(r["perfdata"]) for r in rows]
-        return len(session.execute(_PG_INSERT, params).all())
+        document = json.dumps(
+            [{**r, "executed_at": r["executed_at"].isoformat()} for r in rows],
+            separators=(",", ":"),
+        )
+        return len(session.execute(_PG_INSERT, {"rows": document}).all())
     inserted = 0
     for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):
         chunk = rows[start : start + _SQLITE_ROWS_PER_INSERT]

@@ -12,7 +12,21 @@ from sqlalchemy.orm import Session
 from server.errors import Conflict, InvalidFields, NotFound
 from server.models import Check, CheckAssignment, Target
 
-CHECK_FIELDS = ("name", "command", "limits", "env", "enabled", "maintenance")
+CHECK_FIELDS = ("name", "command", "shell", "limits", "env", "enabled", "maintenance")
+
+
+def validate_command(command: list[str], shell: bool) -> None:
+    """A plugin is an absolute path plus arguments; a shell check is one command line."""
+    if shell and len(command) != 1:
+        raise InvalidFields(
+            "a shell check's command is one command line: [\"df -h / | tail -1\"]",
+            fields={"command": ["must hold exactly one shell command line"]},
+        )
+    if not shell and not command[0].startswith("/"):
+        raise InvalidFields(
+            "command[0] must be an absolute path to the plugin",
+            fields={"command": ["command[0] must be an absolute path"]},
+        )
 
 
 def _assignments_from(assign: dict[str, Any]) -> list[CheckAssignment]:
@@ -43,6 +57,7 @@ def check_to_dict(check: Check, *, with_assignment: bool = True) -> dict[str, An
         "timeout": check.timeout_s,
         "limits": {k: v for k, v in (check.limits or {}).items() if v is not None},
         "env": dict(check.env or {}),
+        "shell": bool(check.shell),
         "enabled": check.enabled,
         "maintenance": check.maintenance,
     }
@@ -57,6 +72,7 @@ def create_check(session: Session, data: dict[str, Any]) -> Check:
         raise Conflict(
             f"check {data['id']!r} already exists: change it with PATCH /api/v1/checks/{data['id']}"
         )
+    validate_command(data["command"], data.get("shell", False))
     check = Check(
         id=data["id"],
         name=data.get("name") or data["id"],
@@ -65,6 +81,7 @@ def create_check(session: Session, data: dict[str, Any]) -> Check:
         timeout_s=data["timeout"],
         limits=dict(data.get("limits") or {}),
         env=dict(data.get("env") or {}),
+        shell=data.get("shell", False),
         enabled=data.get("enabled", True),
         maintenance=data.get("maintenance", False),
     )
@@ -92,6 +109,7 @@ def update_check(session: Session, check_id: str, changes: dict[str, Any]) -> Ch
         check.interval_s = changes["interval"]
     if "timeout" in changes:
         check.timeout_s = changes["timeout"]
+    validate_command(list(check.command), bool(check.shell))
     if check.timeout_s > check.interval_s:
         raise InvalidFields(
             "timeout must not exceed interval", fields={"timeout": ["exceeds interval"]}

@@ -7,6 +7,7 @@ serial in the same transaction (a session hook, so no code path can forget it).
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -51,15 +52,25 @@ def current_serial(session: Session) -> int:
     return session.scalar(select(PolicySerial.serial).where(PolicySerial.id == 1)) or 0
 
 
-def signed_assignment(
-    session: Session, assignment: dict[str, Any], key: Ed25519PrivateKey | None
+def signed_reply(
+    session: Session,
+    assignment: dict[str, Any],
+    key: Ed25519PrivateKey | None,
+    serialize: Callable[[dict[str, Any]], dict[str, Any]],
 ) -> dict[str, Any]:
-    """``assignment`` plus serial, issue time and (with a key) the signature."""
-    policy = {
-        **assignment,
-        "serial": current_serial(session),
-        "issued_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-    }
+    """The reply for an agent: ``assignment`` plus serial and issue time, serialized
+    with ``serialize``, then signed. Signing the serialized form is what makes the
+    signature cover exactly the bytes' meaning the agent receives (durations as
+    strings, not the floats the database holds)."""
+    reply = serialize(
+        {
+            **assignment,
+            "serial": current_serial(session),
+            "issued_at": datetime.now(UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+        }
+    )
     if key is not None:
-        policy["signature"] = sign_policy(key, policy)
-    return policy
+        reply["signature"] = sign_policy(key, reply)
+    return reply

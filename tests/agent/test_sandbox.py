@@ -180,7 +180,12 @@ def test_a_check_runs_as_nobody_with_no_groups_and_its_output_still_arrives(
 ) -> None:
     path = make_plugin("whoami", 'echo "uid=$(id -ru) euid=$(id -u) gid=$(id -g) '
                                  'groups=$(id -G)"')
-    result = executor(plugin_dir, user=nobody()).run(spec(path))
+    before = os.getgroups()
+    os.setgroups([0, 4])  # the agent's supplementary groups must not reach the check
+    try:
+        result = executor(plugin_dir, user=nobody()).run(spec(path))
+    finally:
+        os.setgroups(before)
     assert NOBODY is not None
     assert result.output == (f"uid={NOBODY.pw_uid} euid={NOBODY.pw_uid} "
                              f"gid={NOBODY.pw_gid} groups={NOBODY.pw_gid}")

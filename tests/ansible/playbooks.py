@@ -84,8 +84,10 @@ def ansible_env(workdir: Path) -> dict[str, str]:
     return env
 
 
-def apply_role(role: str, workdir: Path, variables: Mapping[str, Any]) -> PlaybookRun:
-    """Apply ``role`` to localhost with ``variables`` as extra vars."""
+def apply_role(
+    role: str, workdir: Path, variables: Mapping[str, Any], tags: str | None = None
+) -> PlaybookRun:
+    """Apply ``role`` to localhost with ``variables`` as extra vars (only ``tags``, if any)."""
     workdir.mkdir(parents=True, exist_ok=True)
     playbook = workdir / f"apply-{role}.yml"
     playbook.write_text(
@@ -102,8 +104,9 @@ def apply_role(role: str, workdir: Path, variables: Mapping[str, Any]) -> Playbo
     )
     extra_vars = workdir / f"{role}-vars.json"
     extra_vars.write_text(json.dumps(dict(variables), indent=2))
+    argv = [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", str(playbook), "-e", f"@{extra_vars}"]
     done = subprocess.run(
-        [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", str(playbook), "-e", f"@{extra_vars}"],
+        argv + (["--tags", tags] if tags else []),
         env=ansible_env(workdir),
         cwd=workdir,
         stdin=subprocess.DEVNULL,

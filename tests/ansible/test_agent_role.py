@@ -107,7 +107,7 @@ def test_an_existing_id_is_never_replaced_by_the_inventory(
         **agent_install.variables,
         "aami_agent_id": str(uuid.uuid4()),
     }
-    run = apply_role("aami_agent", tmp_path, variables)
+    run = apply_role("aami_agent", tmp_path, variables, tags="configure")
     assert run.returncode != 0
     assert "never replaces an agent id" in run.stdout, run.output_tail()
     assert (agent_install.root / "etc/aami/agent-id").read_text() == (

@@ -4,7 +4,8 @@ The embedded app is driven through WSGI (no network). Each operation gets genera
 requests, valid and invalid, with real credentials injected: an admin token on operator
 calls, a registered agent's JWT on agent calls (and, half of the time, that agent's own id
 in the path, so the fuzzing reaches past the "not your path" check). Every reply must not
-be a 5xx and must match the documented schema for its status.
+be a 5xx, must have a documented status and content type, and must match the documented
+schema for its status.
 """
 
 from __future__ import annotations
@@ -19,14 +20,23 @@ import pytest
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is a dev dependency")
 
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
-from schemathesis.specs.openapi.checks import response_schema_conformance  # noqa: E402
+from schemathesis.specs.openapi.checks import (  # noqa: E402
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 import server.api  # noqa: E402
 from server import create_app  # noqa: E402
 from server.api.openapi import build_spec  # noqa: E402
 from server.db import get_database  # noqa: E402
+from server.security.ca import init_ca  # noqa: E402
 from server.services import tokens  # noqa: E402
 
 # Bounded and derandomized for the suite (about half a minute); FUZZ_EXAMPLES=500 runs a
@@ -34,6 +44,19 @@ from server.services import tokens  # noqa: E402
 MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 DERANDOMIZE = "FUZZ_EXAMPLES" not in os.environ
 CHECK = {"id": "disk", "command": ["/usr/lib/nagios/plugins/check_disk"], "interval": "60s"}
+
+
+def _csr() -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    request = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fuzz")]))
+        .sign(key, hashes.SHA256())
+    )
+    return request.public_bytes(serialization.Encoding.PEM).decode()
+
+
+CSR = _csr()
 
 
 class World:
@@ -51,28 +74,47 @@ class World:
         ).get_json()
         self.agent_id = reply["agent_id"]
         self.agent_token = reply["access_token"]
+        self.refresh_token = reply["refresh_token"]
+        self.calls = 0
         admin = {"Authorization": f"Bearer {self.admin}"}
         check = {**CHECK, "assign": {"target_ids": [self.agent_id]}}
         assert client.post("/api/v1/checks", json=check, headers=admin).status_code == 201
         assert client.post("/api/v1/groups", json={"id": "web"}, headers=admin).status_code == 201
 
     def aim(self, case: Any) -> dict[str, str]:
-        """Point ``case`` at things that exist (sometimes) and return its credentials."""
+        """Every other case: point it at things that exist and give it valid secrets, so
+        that generation reaches past lookups and credential checks. Returns credentials."""
+        self.calls += 1
+        aimed = self.calls % 2 == 0
         params = case.path_parameters or {}
-        aimed = hash(repr(case.body) + repr(case.query)) % 2 == 0
-        if "agent_id" in params:
-            if aimed:
+        body = case.body if isinstance(case.body, dict) else {}
+        if aimed:
+            if "agent_id" in params:
                 params["agent_id"] = self.agent_id
+            if case.method.upper() != "DELETE":
+                # Never deleted: the agent and its check must outlive this case.
+                if "target_id" in params:
+                    params["target_id"] = self.agent_id
+                if "check_id" in params:
+                    params["check_id"] = "disk"
+            if "token" in body:
+                body["token"] = self.bootstrap
+            if "refresh_token" in body and "agent_id" in params:
+                body["refresh_token"] = self.refresh_token
+            if isinstance(body.get("csr"), str):
+                body["csr"] = CSR
+            if isinstance(body.get("command"), list) and body["command"]:
+                body["command"][0] = "/usr/lib/nagios/plugins/check_dummy"
+        if "agent_id" in params:
             return {"Authorization": f"Bearer {self.agent_token}"}
-        if aimed and case.method.upper() != "DELETE":
-            # Not deleted: the agent and its check must outlive the operations after this.
-            if "target_id" in params:
-                params["target_id"] = self.agent_id
-            if "check_id" in params:
-                params["check_id"] = "disk"
-        if aimed and isinstance(case.body, dict) and "token" in case.body:
-            case.body["token"] = self.bootstrap
         return {"Authorization": f"Bearer {self.admin}"}
+
+    def saw(self, case: Any, response: Any) -> None:
+        """Keep the agent's refresh token current when a case rotated it."""
+        # (schemathesis also probes other methods: an OPTIONS reply is 200 and empty.)
+        rotated = case.method.upper() == "POST" and case.path.endswith("/token")
+        if rotated and response.status_code == 200:
+            self.refresh_token = response.json()["refresh_token"]
 
 
 @pytest.fixture
@@ -88,6 +130,7 @@ def fuzz_app(tmp_path, migrated_database):
     finally:
         source.close()
         copy.close()
+    init_ca(data_dir / "ca")  # so that generated CSRs reach the signing code
     return create_app(
         {
             "DATA_DIR": str(data_dir),
@@ -131,8 +174,14 @@ def test_fuzzed_document_is_the_served_one(fuzz_app):
 def test_api_answers_every_generated_request_within_its_contract(case, world):
     headers = world.aim(case)
     response = case.call(app=world.app, headers=headers)
+    world.saw(case, response)
     case.validate_response(
         response,
-        checks=[not_a_server_error, response_schema_conformance],
+        checks=[
+            not_a_server_error,
+            response_schema_conformance,
+            status_code_conformance,
+            content_type_conformance,
+        ],
         headers=headers,
     )

@@ -190,6 +190,7 @@ def test_assignment_reply_has_the_documented_shape(client, make_check, agent):
             "timeout": "10s",
             "limits": {"cpu_seconds": 10, "memory_mb": 256},
             "env": {"LANG": "C"},
+            "shell": False,
         }
     ]
 
@@ -382,3 +383,31 @@ def test_admin_long_poll_leaves_the_agents_commands_queued(app, client, admin_he
     reply = _assigned(client, agent, headers={"If-None-Match": etag}, wait=1)
     assert reply.status_code == 200
     assert reply.get_json()["commands"] == [queued]
+
+
+def test_shell_check_is_one_command_line_and_reaches_the_agent(client, admin_headers, agent):
+    line = {
+        "id": "root-use",
+        "command": ["df -P / | tail -1"],
+        "shell": True,
+        "assign": {"target_ids": [agent["agent_id"]]},
+    }
+    assert client.post("/api/v1/checks", json=line, headers=admin_headers).status_code == 201
+    [check] = _assigned(client, agent).get_json()["checks"]
+    assert check["shell"] is True and check["command"] == ["df -P / | tail -1"]
+
+
+@pytest.mark.parametrize(
+    ("command", "shell", "problem"),
+    [
+        (["df", "-h"], True, "one command line"),
+        (["check_disk", "-w", "10%"], False, "absolute path"),
+    ],
+)
+def test_command_must_fit_the_shell_flag(client, admin_headers, command, shell, problem):
+    reply = client.post(
+        "/api/v1/checks",
+        json={"id": "c", "command": command, "shell": shell},
+        headers=admin_headers,
+    )
+    assert_error(reply, 422, "invalid_fields", problem)

@@ -2,8 +2,8 @@
 
 Fast tests use Flask's test client on an embedded app (``app``, ``client``, ``fleet``,
 ``login``). Browser tests (``test_browser.py``) use a real ``aami-server serve`` and
-headless Chromium driven by Selenium, set up once per session (``live_server``,
-``live_fleet``, ``browser``).
+headless Chromium driven by Selenium, set up once for the module that uses them and
+stopped after it (``live_server``, ``live_fleet``, ``browser``).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def logged_in(login: Callable[..., str]) -> Iterator[str]:
 # --------------------------------------------------------------------------- browser tests
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
     """``aami-server serve`` in embedded mode (SQLite and jobs in-process) on a free port."""
     server = EmbeddedServer(tmp_path_factory.mktemp("ui-server"))
@@ -121,7 +121,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedSe
     assert not server.leftovers, f"server processes left running: {server.leftovers}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def live_tokens(live_server: EmbeddedServer) -> dict[str, str]:
     """An admin and a read-only token, made with ``aami-server admin-token create``."""
     return {
@@ -130,16 +130,16 @@ def live_tokens(live_server: EmbeddedServer) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def live_fleet(live_server: EmbeddedServer, live_tokens: dict[str, str]) -> Fleet:
     """The fleet of ``tests/ui/fleet.py``, registered and reporting over HTTP."""
     return Fleet(HttpApi(live_server.url), live_tokens["admin"]).seed()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium_driver() -> Iterator[object]:
-    """Headless Chromium for the whole session. Requested after ``live_server``, so it is
-    quit first and leaves no keep-alive connection to hold the server's shutdown."""
+    """Headless Chromium, requested after ``live_server``: it is quit first and leaves no
+    keep-alive connection to hold the server's shutdown."""
     chromium_or_skip()
     with chromium() as driver:
         yield driver
@@ -152,7 +152,7 @@ def browser(
     live_fleet: Fleet,
     chromium_driver: object,
 ) -> Browser:
-    """The session's browser, logged in as admin, with the fleet freshly heartbeating."""
+    """The module's browser, logged in as admin, with the fleet freshly heartbeating."""
     live_fleet.heartbeat()
     browser = Browser(chromium_driver, live_server.url, live_tokens)
     browser.log_in("admin")
