@@ -60,7 +60,14 @@ from tests.support.services import (  # noqa: E402
 )
 
 CHECK_ID = "bench-load"
-STATUSES = ("ok", "ok", "ok", "warning", "ok", "critical")
+# A check that is fine most of the time: a five-result warning every 250 results, so
+# about one state-change event per batch of 100, as a fleet sees in an ordinary hour.
+EPISODE_EVERY = 250
+EPISODE_LENGTH = 5
+
+
+def status_at(n: int) -> str:
+    return "warning" if n % EPISODE_EVERY >= EPISODE_EVERY - EPISODE_LENGTH else "ok"
 
 
 @dataclass
@@ -134,7 +141,7 @@ def build_bodies(agents: list[Agent], total: int, batch_size: int) -> list[tuple
     for n, _agent in enumerate(agents):
         count = per_agent + (1 if n < extra else 0)
         results = [
-            make_result(CHECK_ID, STATUSES[i % len(STATUSES)], start + timedelta(seconds=i))
+            make_result(CHECK_ID, status_at(i), start + timedelta(seconds=i))
             for i in range(count)
         ]
         per_agent_batches.append(
@@ -322,7 +329,7 @@ def raw_rows(agents: list[Agent], total: int) -> list[tuple[Any, ...]]:
     rows = []
     for n in range(total):
         agent = agents[n % len(agents)]
-        r = make_result(CHECK_ID, STATUSES[n % len(STATUSES)], start + timedelta(seconds=n))
+        r = make_result(CHECK_ID, status_at(n), start + timedelta(seconds=n))
         rows.append(
             (
                 r["result_id"], start + timedelta(seconds=n), agent.agent_id, CHECK_ID,

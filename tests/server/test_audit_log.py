@@ -1,4 +1,4 @@
-"""The audit log: every admin change leaves a row, in its transaction; GET /api/v1/audit reads it."""
+"""The audit log: each admin change leaves a row in its own transaction; GET /api/v1/audit."""
 
 from __future__ import annotations
 

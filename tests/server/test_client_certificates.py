@@ -27,6 +27,7 @@ from server.security.ca import AGENT_URI_PREFIX, agent_id_from_pem, init_ca, new
 from tests.server.conftest import assert_error, bearer, new_agent_id
 
 REGISTER = "/api/v1/bootstrap-tokens/register"
+BROKEN_PEM_CSR = "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
 
 
 def make_csr(common_name: str = "whatever-the-agent-asks", key: Any = None) -> str:
@@ -193,14 +194,15 @@ def test_renewal_needs_an_agent_token(client, ca_dir, register, admin_headers):
     agent = register(new_agent_id())
     url = f"/api/v1/agents/{agent['agent_id']}/certificate"
     assert_error(client.post(url, json={"csr": make_csr()}), 401, "missing_token")
-    assert_error(client.post(url, json={"csr": make_csr()}, headers=admin_headers), 403, "forbidden")
+    as_admin = client.post(url, json={"csr": make_csr()}, headers=admin_headers)
+    assert_error(as_admin, 403, "forbidden")
 
 
 def test_renewal_with_a_bad_csr_is_422(client, ca_dir, register):
     agent = register(new_agent_id())
     reply = client.post(
         f"/api/v1/agents/{agent['agent_id']}/certificate",
-        json={"csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----"},
+        json={"csr": BROKEN_PEM_CSR},
         headers=bearer(agent["access_token"]),
     )
     assert_error(reply, 422, "invalid_fields", mentions="csr")

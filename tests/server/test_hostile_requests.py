@@ -24,8 +24,10 @@ import pytest
 import server.api
 from server.api.routing import REGISTRY
 from server.db import get_database
+from server.security.ca import init_ca
 from server.services import tokens
 from tests.server.conftest import assert_error, bearer
+from tests.server.test_client_certificates import make_csr, tls
 
 REGISTER = "/api/v1/bootstrap-tokens/register"
 CHECK = {"id": "disk", "command": ["/usr/lib/nagios/plugins/check_disk"]}
@@ -97,6 +99,22 @@ class World:
             json={"results": results},
             **kwargs,
         )
+
+    def with_ca(self) -> World:
+        init_ca(self.settings.ca_dir())
+        return self
+
+    def register_csr(self, csr: str) -> Any:
+        body = {"token": self.make_bootstrap_token(), "hostname": "h", "csr": csr}
+        return self.client.post(REGISTER, json=body)
+
+    def flood(self, path: str) -> Any:
+        """POST junk to ``path`` until refused: the limit counts before anything is read."""
+        for _ in range(100):
+            reply = self.client.post(path, json={})
+            if reply.status_code == 429:
+                return reply
+        raise AssertionError(f"{path} was never rate-limited")
 
     def register_with(self, token: str) -> Any:
         return self.client.post(REGISTER, json={"token": token, "hostname": "h"})
@@ -645,6 +663,65 @@ CASES = [
         403,
         "forbidden",
         "agents",
+    ),
+    # --- client certificates and rate limits ------------------------------------------------------
+    Hostile(
+        "csr-without-a-ca",
+        lambda w: w.client.post(
+            REGISTER, json={"token": w.make_bootstrap_token(), "hostname": "h", "csr": make_csr()}
+        ),
+        409,
+        "ca_not_configured",
+        "aami-server ca init",
+    ),
+    Hostile(
+        "csr-not-pem", lambda w: w.with_ca().register_csr("junk"), 422, "invalid_fields", "csr"
+    ),
+    Hostile(
+        "renew-another-agents-certificate",
+        lambda w: w.client.post(
+            f"/api/v1/agents/{w.b['agent_id']}/certificate",
+            json={"csr": make_csr()},
+            headers=w.agent("a"),
+        ),
+        403,
+        "forbidden",
+        "own paths",
+    ),
+    Hostile(
+        "agent-a-certificate-with-b-token",
+        lambda w: w.heartbeat(
+            "b", json={"version": "1"}, environ_base=tls(w.a["agent_id"])["environ_base"]
+        ),
+        403,
+        "certificate_mismatch",
+        "not agent",
+    ),
+    Hostile(
+        "agent-a-certificate-refreshing-b",
+        lambda w: w.client.post(
+            f"/api/v1/agents/{w.b['agent_id']}/token",
+            json={"refresh_token": w.b["refresh_token"]},
+            **tls(w.a["agent_id"]),
+        ),
+        403,
+        "certificate_mismatch",
+        "not agent",
+    ),
+    Hostile("registration-flood", lambda w: w.flood(REGISTER), 429, "rate_limited", "retry in"),
+    Hostile(
+        "refresh-flood",
+        lambda w: w.flood(f"/api/v1/agents/{w.a['agent_id']}/token"),
+        429,
+        "rate_limited",
+        "retry in",
+    ),
+    Hostile(
+        "audit-bad-filter",
+        lambda w: w.client.get("/api/v1/audit?since=yesterday", headers=w.admin),
+        422,
+        "invalid_fields",
+        "since",
     ),
     # --- routing: 404, 405 ------------------------------------------------------------------------
     Hostile(
