@@ -32,7 +32,7 @@ from rq.registry import FailedJobRegistry
 from sqlalchemy import func, select
 
 from server.db import Database
-from server.jobs.backlog import backlog
+from server.jobs import backlog
 from server.jobs.ingest import INGEST_LAG_KEY, RESULTS_INGESTED_KEY
 from server.jobs.queues import ALL_QUEUES
 from server.models import CheckState, Target
@@ -83,7 +83,7 @@ class FleetCollector(Collector):
             "Now minus executed_at of the newest batch, when it was stored.",
             value=float(lag or 0),
         )
-        waiting, storing = backlog(self.client)
+        waiting, storing = backlog.size(self.client)
         batches = GaugeMetricFamily(
             "aami_ingest_backlog_batches",
             "Result batches accepted (202) and not yet stored: waiting, or being stored.",

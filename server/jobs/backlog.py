@@ -1,10 +1,12 @@
 """Accepted result batches wait in one Redis list; drain jobs store them in bulk.
 
-One RQ job per batch costs a dozen Redis round trips of RQ bookkeeping and a database
-transaction per batch, which capped ingestion near 1,500 results/s on two cores. Instead
-the API pushes each accepted batch onto :data:`PENDING_KEY` and enqueues a drain job only
-when none is queued yet. A drain job takes up to :data:`CLAIM_BATCHES` batches at a time and
-stores them with one bulk INSERT and one pass over the check states (``ingest.store``).
+With one RQ job and one database transaction per batch, the workers spent most of their
+time on bookkeeping (RQ's dozen Redis round trips per job, a commit per batch) rather than
+on results. Instead the API pushes each accepted batch onto :data:`PENDING_KEY` and
+enqueues a drain job only when none is queued yet. A drain job takes up to
+:data:`CLAIM_BATCHES` batches at a time and stores them with one bulk INSERT and one pass
+over the check states (``ingest.store``); under load the batches pile up while a claim is
+being stored, so claims grow with the load and the per-claim cost shrinks per result.
 
 Nothing is lost when a worker dies mid-job. A drain job moves the batches it takes,
 atomically, onto a list of its own (``claimed:<job id>``) under a lease, and deletes that
@@ -14,11 +16,11 @@ or worker maintenance pass finds the lease expired and puts the batches back on 
 list. Storing a batch twice is harmless: rows are inserted with ON CONFLICT DO NOTHING on
 ``result_id`` and a check state only moves forward in time.
 
-Keys (all under ``aami:ingest:``): ``pending`` (list of JSON batches), ``drain-queued``
-(id of a drain job enqueued and not yet started; expires, so a lost enqueue cannot block
-draining for long), ``claims`` (sorted set: job id -> lease deadline) and
-``claimed:<job id>`` (the batches that job is storing) and ``refused`` (batches the
-database rejected as data, with the error, for an operator to look at).
+Keys, all under ``aami:ingest:``: ``pending`` (list of JSON batches); ``drain-queued``
+(id of a drain job enqueued and not yet started; it expires, so a lost enqueue cannot
+block draining for long); ``claims`` (sorted set: job id -> lease deadline);
+``claimed:<job id>`` (the batches that job is storing); ``refused`` (batches the database
+rejected as data, with the error, for an operator to look at).
 """
 
 from __future__ import annotations
@@ -102,7 +104,8 @@ return 0
 
 
 def submit(queues: JobQueues, agent_id: str, results: list[dict[str, Any]]) -> str:
-    """Queue one accepted batch; returns the id of the drain job that will pick it up.
+    """Queue one accepted batch; returns the id of a drain job that has yet to start, so
+    will look at it (another running drain job may store it first).
 
     Returns only once Redis holds the batch, so a 202 after it is a promise kept.
     """
@@ -145,7 +148,7 @@ def requeue_abandoned(client: redis.Redis, now: float | None = None) -> int:
     return moved
 
 
-def backlog(client: redis.Redis) -> tuple[int, int]:
+def size(client: redis.Redis) -> tuple[int, int]:
     """(batches waiting, batches being stored) - accepted and not yet stored."""
     with client.pipeline(transaction=False) as pipe:
         pipe.llen(PENDING_KEY)

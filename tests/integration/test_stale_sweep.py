@@ -1,7 +1,7 @@
 """Agent liveness with two ``aami-server cron`` processes racing: one event per transition.
 
-Heartbeats come every second (``AAMI_HEARTBEAT_INTERVAL=1``); an agent is stale after 2
-missed and offline after 10. The offline threshold leaves a stale window (8 s) longer than
+Heartbeats come every second (``AAMI_HEARTBEAT_INTERVAL=1``); an agent is stale after 3
+missed and offline after 11. The offline threshold leaves a stale window (8 s) longer than
 the sweep period (5 s, the floor of ``max(5, interval // 3)``), so every cron's sweep
 sees the agent stale before it can see it offline. Both crons enqueue every sweep, and
 both workers run them at once: the conditional UPDATEs must still record each transition
@@ -39,8 +39,8 @@ pytestmark = pytest.mark.integration
 
 LIVENESS = {
     "AAMI_HEARTBEAT_INTERVAL": "1",
-    "AAMI_STALE_AFTER_INTERVALS": "2",
-    "AAMI_OFFLINE_AFTER_INTERVALS": "10",
+    "AAMI_STALE_AFTER_INTERVALS": "3",
+    "AAMI_OFFLINE_AFTER_INTERVALS": "11",
 }
 SWEEP = "server.jobs.sweeps.sweep_stale_agents"
 

@@ -21,7 +21,7 @@ import pytest
 import redis
 import requests
 
-from server.jobs.backlog import backlog
+from server.jobs import backlog
 from tests.integration.ingest_helpers import (
     Agent,
     ResultsTable,
@@ -104,7 +104,7 @@ def freeze_while_storing(worker: LiveWorker, client: redis.Redis, table: Results
     while time.monotonic() < deadline:
         if table.count() >= STORED_BEFORE_KILL:
             os.kill(pid, signal.SIGSTOP)
-            _, storing = backlog(client)
+            _, storing = backlog.size(client)
             if storing:
                 return storing
             os.kill(pid, signal.SIGCONT)
@@ -130,7 +130,7 @@ def test_worker_killed_mid_ingest_loses_and_doubles_nothing(
 
         stored_by_the_dead = table.count()
         assert STORED_BEFORE_KILL <= stored_by_the_dead < TOTAL, stored_by_the_dead
-        assert abandoned > 0 and backlog(client)[1] == abandoned  # its claim outlives it
+        assert abandoned > 0 and backlog.size(client)[1] == abandoned  # its claim outlives it
 
     second_worker.start()
     wait_until(lambda: table.count() >= TOTAL, timeout=180,
