@@ -43,6 +43,7 @@ SHUTDOWN_FLUSH_TIMEOUT = 5.0
 STATUS_INTERVAL = 5.0
 
 CREDENTIALS_FILE = "credentials.json"
+REGISTRATION_KEY_FILE = "registration.key"
 ASSIGNMENT_FILE = "assignment.json"
 SPOOL_FILE = "spool.db"
 STATUS_FILE = "status.json"

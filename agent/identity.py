@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 import time
 import uuid
 from pathlib import Path
@@ -46,6 +47,23 @@ def load_or_create_agent_id(path: Path) -> str:
     return new_id
 
 
+def load_or_create_registration_key(path: Path) -> str:
+    """The secret (mode 0600) that proves this host owns its id when it registers again,
+    made once like the id; a missing or empty one is made anew."""
+    with contextlib.suppress(FileNotFoundError):
+        key = path.read_text(encoding="ascii").strip()
+        if key:
+            return key
+        path.unlink()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(32)
+    try:
+        _create_exclusively(path, f"{key}\n".encode(), mode=0o600)
+    except FileExistsError:
+        return path.read_text(encoding="ascii").strip()
+    return key
+
+
 def read_agent_id(path: Path) -> str | None:
     """The UUID stored at ``path`` in canonical form, or None if there is no such file."""
     deadline = time.monotonic() + _EMPTY_FILE_GRACE
@@ -70,31 +88,31 @@ def read_agent_id(path: Path) -> str | None:
         ) from None
 
 
-def _create_exclusively(path: Path, content: bytes) -> None:
+def _create_exclusively(path: Path, content: bytes, mode: int = 0o644) -> None:
     """Write ``content`` to a new file at ``path``; FileExistsError if it is already there."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(content)
             fh.flush()
-            os.fchmod(fh.fileno(), 0o644)  # whatever the umask says: readers need it
+            os.fchmod(fh.fileno(), mode)  # whatever the umask says
             os.fsync(fh.fileno())
         try:
             os.link(tmp, path)
         except OSError as exc:
             if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
                 raise
-            _create_with_o_excl(path, content)
+            _create_with_o_excl(path, content, mode)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     _fsync_dir(path.parent)
 
 
-def _create_with_o_excl(path: Path, content: bytes) -> None:
+def _create_with_o_excl(path: Path, content: bytes, mode: int) -> None:
     """Fallback for file systems without hard links (readers wait out the empty moment)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as fh:
         fh.write(content)
         os.fchmod(fh.fileno(), 0o644)

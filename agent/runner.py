@@ -43,7 +43,7 @@ from agent.enrollment import CertificateManager
 from agent.errors import AgentError, ConfigError, RequestRejected, RetryLater
 from agent.executor import Executor, iso_utc
 from agent.fileio import write_json
-from agent.identity import load_or_create_agent_id
+from agent.identity import load_or_create_agent_id, load_or_create_registration_key
 from agent.logs import setup_logging
 from agent.model import CheckResult, CheckSpec
 from agent.policy import PolicyRejected, PolicyVerifier
@@ -108,6 +108,9 @@ def registration_for(config: Config, agent_id: str) -> Callable[[], Registration
             labels=dict(config.agent.labels),
             metadata=_host_metadata(),
             agent_version=agent_version(),
+            registration_key=load_or_create_registration_key(
+                config.agent.state_dir / defaults.REGISTRATION_KEY_FILE
+            ),
         )
 
     return build

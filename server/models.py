@@ -97,6 +97,9 @@ class Target(Base):
     agent_version: Mapped[str | None] = mapped_column(String(64))
     maintenance: Mapped[bool] = mapped_column(Boolean, default=False)
     registered_at: Mapped[datetime | None]
+    # Hash of the secret the agent keeps beside its id: proof of owning the id when it
+    # registers again (a lost reply, lost credentials).
+    registration_key_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -56,6 +56,8 @@ class Registration:
     """Proof of ownership when re-registering an id that already holds credentials."""
     csr: str | None = None
     """A PEM certificate signing request: asks the server's CA for a client certificate."""
+    registration_key: str | None = None
+    """The host's own secret: proof of owning ``agent_id`` when registering again."""
 
 
 @dataclass(frozen=True)

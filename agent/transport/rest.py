@@ -160,6 +160,8 @@ class RestTransport:
             body["refresh_token"] = registration.refresh_token
         if registration.csr:
             body["csr"] = registration.csr
+        if registration.registration_key:
+            body["registration_key"] = registration.registration_key
         reply = self._json(self._call("POST", "/bootstrap-tokens/register", json=body,
                                       errors=_REGISTER_ERRORS))
         grant = _token_grant(reply, "register")

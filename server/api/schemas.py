@@ -56,6 +56,12 @@ class RegisterRequest(StrictSchema):
     )
     agent_version = Text(64, allow_none=True, load_default=None)
     refresh_token = Text(MAX_TOKEN_LENGTH, allow_none=True, load_default=None)
+    registration_key = fields.String(
+        validate=validate.Length(min=16, max=256),
+        allow_none=True,
+        load_default=None,
+        metadata={"description": "a secret the agent keeps; proves the id on re-registration"},
+    )
     csr = Text(
         MAX_CSR_BYTES,
         allow_none=True,

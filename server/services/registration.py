@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from server.errors import Conflict, InvalidFields
 from server.models import Group, Target, new_uuid, utcnow
 from server.security.jwt_tokens import JwtConfig
+from server.security.secrets import hash_secret, same_secret
 from server.services import credentials
 from server.services.tokens import claim_bootstrap_token
 
@@ -30,6 +31,14 @@ class Registration:
     agent_id: str
     created: bool
     tokens: credentials.TokenPair
+
+
+def _holds_registration_key(target: Target, key: str | None) -> bool:
+    return bool(
+        key
+        and target.registration_key_hash
+        and same_secret(hash_secret(key), target.registration_key_hash)
+    )
 
 
 def register_agent(
@@ -66,12 +75,14 @@ def register_agent(
         proof = request.get("refresh_token")
         bound = token.bound_agent_id == target.id
         certified = certified_agent_id == target.id
-        if not (bound or certified) and not (
+        keyed = _holds_registration_key(target, request.get("registration_key"))
+        if not (bound or certified or keyed) and not (
             proof and credentials.is_live_refresh_token(session, target.id, proof)
         ):
             raise Conflict(
                 f"agent id {target.id} is already registered and holds credentials. "
-                "If this is that agent, re-register with its current refresh token; "
+                "If this is that agent, re-register with its current refresh token or "
+                "registration key; "
                 "otherwise ask an operator for a bootstrap token bound to this id "
                 f"(aami-server token create --agent-id {target.id}), connect with the "
                 "agent's client certificate, or give the host a new id.",
@@ -86,6 +97,10 @@ def register_agent(
     target.attributes = dict(request.get("metadata") or {})
     target.agent_version = request.get("agent_version") or target.agent_version
     target.registered_at = utcnow()
+    if request.get("registration_key"):
+        # Whoever registered successfully owns the id: from now on their key is proof,
+        # which lets an agent whose registration reply was lost simply try again.
+        target.registration_key_hash = hash_secret(request["registration_key"])
     session.flush()
     tokens = credentials.start_family(session, jwt_config, target.id, refresh_ttl)
     return Registration(target.id, created, tokens)

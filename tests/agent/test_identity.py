@@ -115,3 +115,13 @@ def test_concurrent_creation_in_processes_yields_one_id(tmp_path: Path) -> None:
     assert all(proc.returncode == 0 for proc in procs)
     assert len(set(outputs)) == 1
     assert read_agent_id(path) == outputs[0]
+
+
+def test_registration_key_is_made_once_private_and_kept(tmp_path):
+    from agent.identity import load_or_create_registration_key
+
+    path = tmp_path / "state" / "registration.key"
+    key = load_or_create_registration_key(path)
+    assert len(key) >= 32
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert load_or_create_registration_key(path) == key

@@ -187,7 +187,7 @@ class TcpProxy:
             return
         self.counters.connections += 1
         server: socket.socket | None = None
-        if self.state == OPEN:
+        if self.state != CUT:
             try:
                 server = socket.create_connection(self.upstream, timeout=_CONNECT_TIMEOUT)
             except OSError:

@@ -66,14 +66,15 @@ def fleet(live_server: LiveServer) -> Iterator[list[Agent]]:
 
 def agent_results(n: int) -> list[dict[str, Any]]:
     """A hundred results of agent ``n``, oldest first, both checks interleaved; the
-    statuses differ per agent so that a mixed-up state would show."""
+    statuses differ per agent so that a mixed-up state would show. One output holds a
+    NUL byte, as a plugin printing binary would (PostgreSQL text cannot store it)."""
     start = datetime.now(UTC) - timedelta(hours=1)
     return [
         make_result(
             CHECKS[i % 2],
             STATUSES[(n + i // 7) % len(STATUSES)],
             start + timedelta(seconds=i),
-            output=f"agent {n} result {i}",
+            output=f"agent {n} result {i}" + ("\x00binary" if i == 50 else ""),
         )
         for i in range(RESULTS_PER_AGENT)
     ]

@@ -395,3 +395,31 @@ def test_register_with_unusable_token_is_refused_saying_why(
         if other != state:
             assert word not in message, (state, message)
     assert token not in message  # never echo a secret
+
+
+def test_retry_after_a_lost_registration_reply_succeeds_with_the_same_key(
+    client, make_bootstrap_token
+):
+    body = {
+        "token": make_bootstrap_token(),
+        "agent_id": new_agent_id(),
+        "hostname": "h",
+        "registration_key": "k" * 32,
+    }
+    assert client.post(REGISTER, json=body).status_code == 201
+    # The reply never reached the agent; it tries again with what it has.
+    retry = client.post(REGISTER, json=body)
+    assert retry.status_code == 200, retry.get_json()
+
+
+def test_another_registration_key_is_no_proof(client, make_bootstrap_token):
+    agent_id = new_agent_id()
+    first = {
+        "token": make_bootstrap_token(),
+        "agent_id": agent_id,
+        "hostname": "h",
+        "registration_key": "a" * 32,
+    }
+    assert client.post(REGISTER, json=first).status_code == 201
+    thief = {**first, "token": make_bootstrap_token(), "registration_key": "b" * 32}
+    assert_error(client.post(REGISTER, json=thief), 409, "agent_id_in_use", "registration key")

@@ -1,0 +1,153 @@
+"""The Redis backlog between the results API and the database (server.jobs.backlog).
+
+These run on the embedded app (SQLite, in-process Redis, jobs inline); the crash and
+restart behaviour on real processes is in tests/integration/test_worker_crash.py and
+test_redis_restart.py. Here: a claim abandoned by a dead job comes back, a retried job
+stores its own claim first, and a batch the database refuses is set aside without
+holding up the others.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import DataError
+
+from server.db import get_database
+from server.jobs import backlog, ingest
+from server.models import CheckResult
+from tests.server.results_helpers import create_check, make_result, post_results
+
+
+@pytest.fixture
+def agent(client, register, admin_headers):
+    agent = register()
+    create_check(client, admin_headers, "load", agent["agent_id"])
+    return agent
+
+
+@pytest.fixture
+def redis_client(app):
+    return app.extensions["aami.redis"]
+
+
+def stored(app) -> set[str]:
+    with get_database(app).session() as session:
+        return set(session.scalars(select(CheckResult.result_id)))
+
+
+def queue_batches(redis_client, agent_id: str, count: int) -> list[str]:
+    """Push ``count`` one-result batches straight onto the pending list (no drain job)."""
+    ids = []
+    for n in range(count):
+        result = make_result("load", seconds=n)
+        ids.append(result["result_id"])
+        payload = {"agent_id": agent_id, "results": [result]}
+        redis_client.rpush(backlog.PENDING_KEY, json.dumps(payload))
+    return ids
+
+
+def claim_as(redis_client, job_id: str, count: int) -> list[bytes]:
+    items, _ = redis_client.eval(
+        backlog._CLAIM, 3, backlog.PENDING_KEY, backlog.CLAIMED_PREFIX + job_id,
+        backlog.CLAIMS_KEY, count, time.time() + backlog.LEASE_S, job_id,
+    )
+    return items
+
+
+def test_posted_batches_are_stored_and_leave_nothing_behind(app, client, agent, redis_client):
+    reply = post_results(client, agent, [make_result("load", seconds=n) for n in range(3)])
+    assert reply.status_code == 202
+    assert len(stored(app)) == 3
+    assert backlog.size(redis_client) == (0, 0)
+    assert not redis_client.exists(backlog.QUEUED_KEY)
+
+
+def test_claim_of_a_dead_job_is_requeued_after_its_lease_and_stored(app, agent, redis_client):
+    ids = queue_batches(redis_client, agent["agent_id"], 5)
+    assert len(claim_as(redis_client, "dead-job", 3)) == 3  # ...and then it died
+    assert backlog.size(redis_client) == (2, 3)
+
+    assert backlog.requeue_abandoned(redis_client) == 0  # the lease still holds
+    later = time.time() + backlog.LEASE_S + 1
+    assert backlog.requeue_abandoned(redis_client, now=later) == 3
+    assert backlog.size(redis_client) == (5, 0)
+    # Abandoned batches go first: they are the oldest.
+    head = json.loads(redis_client.lindex(backlog.PENDING_KEY, 0))
+    assert head["results"][0]["result_id"] == ids[0]
+
+    with app.app_context():
+        totals = backlog.drain()
+    assert totals == {"received": 5, "inserted": 5}
+    assert stored(app) == set(ids)
+    assert backlog.size(redis_client) == (0, 0)
+
+
+def test_retried_job_stores_its_own_claim_before_anything_else(app, agent, redis_client):
+    ids = queue_batches(redis_client, agent["agent_id"], 4)
+    claim_as(redis_client, "retried-job", 2)
+
+    class Job:  # what rq.get_current_job() gives the retried job: the same id
+        id = "retried-job"
+
+    with app.app_context(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(backlog, "get_current_job", lambda: Job)
+        patch.setattr(backlog, "CLAIM_BATCHES", 1)
+        first_store = []
+        real_store = ingest.store
+
+        def spy(batches):
+            first_store.append([r["result_id"] for _, results in batches for r in results])
+            return real_store(batches)
+
+        patch.setattr(ingest, "store", spy)
+        backlog.drain()
+
+    assert first_store[0] == ids[:2]  # its own claim, whole, first
+    assert stored(app) == set(ids)
+    assert backlog.size(redis_client) == (0, 0)
+
+
+def test_a_batch_the_database_refuses_is_set_aside_and_the_rest_stored(
+    app, agent, redis_client
+):
+    ids = queue_batches(redis_client, agent["agent_id"], 3)
+    poison = ids[1]
+    real_store = ingest.store
+
+    def refuse_poison(batches):
+        if any(r["result_id"] == poison for _, results in batches for r in results):
+            raise DataError("INSERT ...", {}, Exception("invalid byte sequence"))
+        return real_store(batches)
+
+    with app.app_context(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ingest, "store", refuse_poison)
+        totals = backlog.drain()
+
+    assert totals == {"received": 2, "inserted": 2}
+    assert stored(app) == {ids[0], ids[2]}
+    assert backlog.size(redis_client) == (0, 0)
+    (refused,) = redis_client.lrange(backlog.DEAD_KEY, 0, -1)
+    refused = json.loads(refused)
+    assert json.loads(refused["batch"])["results"][0]["result_id"] == poison
+    assert "invalid byte sequence" in refused["error"]
+
+
+def test_backlog_is_reported_in_metrics(client, agent, redis_client):
+    queue_batches(redis_client, agent["agent_id"], 2)
+    claim_as(redis_client, "busy-job", 1)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'aami_ingest_backlog_batches{state="waiting"} 1.0' in text
+    assert 'aami_ingest_backlog_batches{state="storing"} 1.0' in text
+
+
+def test_nul_in_plugin_output_does_not_make_a_batch_unstorable(app, client, agent):
+    result = make_result("load", output="binary\x00garbage")
+    assert post_results(client, agent, [result]).status_code == 202
+    with get_database(app).session() as session:
+        output = session.scalar(select(CheckResult.output))
+        assert session.scalar(select(func.count()).select_from(CheckResult)) == 1
+    assert output == "binary\ufffdgarbage"
