@@ -76,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.set_defaults(func=cmd_status)
 
+    validate = add("validate", "Check a configuration file without starting the agent "
+                               "(exit 0 when valid, 2 with the problem otherwise).")
+    config_option(validate)
+    validate.add_argument("--skip-files", action="store_true",
+                          help="do not require the files it names (certificates, token "
+                               "file) to exist yet, e.g. while a deployment writes them")
+    validate.set_defaults(func=cmd_validate)
+
     version = add("version", "Print the agent's version.")
     version.set_defaults(func=cmd_version)
     return parser
@@ -108,6 +116,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, reload)
     return agent.run()
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    _load(args, check_files=not args.skip_files)
+    print(f"{args.config}: valid")
+    return 0
 
 
 def cmd_id(args: argparse.Namespace) -> int:

@@ -100,7 +100,7 @@ def result_rows(agent_id: str, results: list[dict[str, Any]]) -> list[dict[str, 
             "exit_code": r["exit_code"],
             # PostgreSQL text cannot hold NUL; a plugin printing binary must not make the
             # whole batch unstorable.
-            "output": r.get("output", ""),
+            "output": r.get("output", "").replace("\x00", "\ufffd"),
             "perfdata": r.get("perfdata") or [],
             "duration_ms": r.get("duration_ms", 0),
         }

@@ -433,3 +433,22 @@ def test_bad_enrollment_settings_stop_the_agent(tmp_path: Path, server: str,
     with pytest.raises(ConfigError) as info:
         load(tmp_path, f"server: {server}\n")
     assert fragment in str(info.value)
+
+
+def test_validate_command_accepts_a_good_file_and_names_the_problem_in_a_bad_one(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    agent_cli = Path(sys.executable).with_name("aami-agent")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server: {address: example.com}\nheartbeat: {interval: 10x}\n")
+    done = subprocess.run([agent_cli, "validate", "-c", bad], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "heartbeat.interval" in done.stderr and "Traceback" not in done.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text("server: {address: example.com}\n")
+    done = subprocess.run(
+        [agent_cli, "validate", "--skip-files", "-c", good], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr

@@ -207,7 +207,8 @@ class FaultSystem:
                 f"missing results are not the ones the agent counted as dropped: {summary}")
         assert accounting.stored_rows == accounting.runs - accounting.missing, summary
         unhandled = self.server_log().count(UNHANDLED)
-        assert unhandled == 0, f"the API answered 500 {unhandled} time(s):\n{self.server.log_tail()}"
+        assert unhandled == 0, (
+            f"the API answered 500 {unhandled} time(s):\n{self.server.log_tail()}")
 
 
 @contextlib.contextmanager

@@ -9,8 +9,6 @@ whole host can lose acknowledged writes with ``appendfsync everysec``. BENCHMARK
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from server.jobs.backlog import PENDING_KEY
