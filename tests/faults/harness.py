@@ -28,6 +28,7 @@ from typing import Any
 import psycopg
 import redis
 
+from server.jobs.backlog import CLAIMED_PREFIX, PENDING_KEY
 from tests.faults.proxy import TcpProxy
 from tests.integration.agent_system import PLUGINS, AdminApi
 from tests.integration.live_server import LiveServer, last_line
@@ -277,10 +278,10 @@ def fault_system(
     assert not server.leftovers, f"the server left processes behind: {server.leftovers}"
 
 
-def redis_keys(server: RedisServer, url: str, pattern: str) -> list[bytes]:
-    db = int(url.rsplit("/", 1)[1] or 0)
-    with server.client(db) as client:
-        return list(client.scan_iter(pattern))
+def queued_batches(client: redis.Redis) -> int:
+    """Accepted batches not stored yet: waiting, or claimed by a drain job."""
+    claimed = sum(int(client.llen(key)) for key in client.scan_iter(f"{CLAIMED_PREFIX}*"))
+    return int(client.llen(PENDING_KEY)) + claimed
 
 
 def redis_client_for(url: str) -> redis.Redis:

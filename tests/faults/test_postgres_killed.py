@@ -7,7 +7,7 @@ import time
 import pytest
 
 from server.jobs.backlog import PENDING_KEY
-from tests.faults.harness import FaultSystem, redis_client_for, wait_for
+from tests.faults.harness import FaultSystem, queued_batches, redis_client_for, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -30,7 +30,7 @@ def test_results_made_while_postgres_was_killed_arrive_exactly_once(
 
     def sample() -> None:
         depths.append(system.spool_depth() or 0)
-        waiting.append(queue.llen(PENDING_KEY))
+        waiting.append(queued_batches(queue))
 
     system.watch(DOWN_S, sample)
     system.postgres.start()
