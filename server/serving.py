@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import ssl
 import tempfile
@@ -57,14 +58,21 @@ def _post_worker_init(_worker: Any) -> None:
     signal.signal(signal.SIGTERM, on_term)
 
 
-def _metrics_dir() -> str:
+def _remove_dir(path: str | None) -> None:
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _metrics_dir() -> str | None:
     """A fresh directory for prometheus-client's per-process files, set before any
-    worker imports the library (it reads the variable at import time)."""
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="aami-metrics-")
+    worker imports the library (it reads the variable at import time). Returns the
+    directory when this process made it, so that it can be removed at exit."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    path = given or tempfile.mkdtemp(prefix="aami-metrics-")
     for stale in Path(path).glob("*.db"):
         stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
-    return path
+    return None if given else path
 
 
 CLIENT_CERT_MODES = {
@@ -130,9 +138,10 @@ def run_gunicorn(
     client_certs: str = "none",
 ) -> None:
     tls = tls_options(certfile, keyfile, ca_certs, client_certs)
-    _metrics_dir()
+    made = _metrics_dir()
     _Gunicorn(
         {
+            "on_exit": lambda _server: _remove_dir(made),
             "child_exit": _child_exit,
             "post_worker_init": _post_worker_init,
             "bind": bind,
