@@ -148,6 +148,13 @@ def requeue_abandoned(client: redis.Redis, now: float | None = None) -> int:
     return moved
 
 
+def give_back(client: redis.Redis, job_id: str) -> int:
+    """Put the batches claimed by ``job_id`` back at once, without waiting for its lease:
+    for a job known to be dead (it ran in this process and died with Redis)."""
+    client.zadd(CLAIMS_KEY, {job_id: 0}, xx=True)
+    return requeue_abandoned(client)
+
+
 def size(client: redis.Redis) -> tuple[int, int]:
     """(batches waiting, batches being stored) - accepted and not yet stored."""
     with client.pipeline(transaction=False) as pipe:

@@ -11,7 +11,7 @@ from types import FrameType
 from typing import Any
 
 import redis
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
 from rq.job import Job
 
 from server.db import Database
@@ -39,6 +39,13 @@ class AamiWorker(SimpleWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.stopping = False  # a stop was asked for (SIGTERM, SIGINT), not a failure
+        # Set while a job runs; left set if RQ's loop died under it (Redis lost).
+        self.running_job_id: str | None = None
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        self.running_job_id = job.id
+        super().execute_job(job, queue)
+        self.running_job_id = None
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
@@ -83,10 +90,15 @@ def run_worker(
     sinks.install()
     queues = JobQueues(client, inline=False)
     failures = 0
+    abandoned: str | None = None  # a job that died in this process with Redis
     while True:
         began = time.monotonic()
         worker: AamiWorker | None = None
         try:
+            if abandoned is not None:
+                # It cannot be running anywhere: its batches need not wait for the lease.
+                backlog.give_back(client, abandoned)
+                abandoned = None
             # SimpleWorker runs jobs in this process: forking per job caps throughput at a
             # few hundred jobs a second, and every job here is short and idempotent.
             worker = AamiWorker(
@@ -106,6 +118,8 @@ def run_worker(
                 _let_go(worker)
         if burst or (worker is not None and worker.stopping):
             return worked
+        if worker is not None and worker.running_job_id is not None:
+            abandoned = worker.running_job_id
         # RQ's loop gives up on a Redis error met outside its dequeue (finishing a job,
         # maintenance) and returns as if all were well. A Redis restart must only delay
         # ingestion, so start a fresh worker, backing off while Redis stays away.

@@ -130,15 +130,6 @@ class Agent:
             timeout=timeout,
         )
 
-    def post_raw(self, body: bytes, timeout: float = 30) -> requests.Response:
-        """POST an already serialised ``{"results": [...]}`` body."""
-        return self.session.post(
-            self.server.api(f"agents/{self.agent_id}/check-results"),
-            data=body,
-            headers={**self.headers, "Content-Type": "application/json"},
-            timeout=timeout,
-        )
-
     def heartbeat(self, timeout: float = 10) -> requests.Response:
         return self.session.post(
             self.server.api(f"agents/{self.agent_id}/heartbeat"),

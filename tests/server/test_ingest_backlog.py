@@ -86,6 +86,16 @@ def test_claim_of_a_dead_job_is_requeued_after_its_lease_and_stored(app, agent, 
     assert backlog.size(redis_client) == (0, 0)
 
 
+def test_claim_of_a_job_known_dead_is_given_back_without_waiting(agent, redis_client):
+    queue_batches(redis_client, agent["agent_id"], 3)
+    claim_as(redis_client, "died-with-redis", 2)
+    claim_as(redis_client, "still-running", 1)
+
+    assert backlog.give_back(redis_client, "died-with-redis") == 2
+    assert backlog.size(redis_client) == (2, 1)  # the live claim keeps its lease
+    assert backlog.give_back(redis_client, "never-claimed") == 0
+
+
 def test_retried_job_stores_its_own_claim_before_anything_else(app, agent, redis_client):
     ids = queue_batches(redis_client, agent["agent_id"], 4)
     claim_as(redis_client, "retried-job", 2)
