@@ -67,4 +67,5 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4).status != 200)"]
 
 ENTRYPOINT ["aami-server"]
-CMD ["serve", "--host", "0.0.0.0", "--port", "8080"]
+# gevent: each parked long-poll is a greenlet, so one process carries thousands of agents.
+CMD ["serve", "--host", "0.0.0.0", "--port", "8080", "--worker-class", "gevent"]

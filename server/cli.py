@@ -81,7 +81,22 @@ def main() -> None:
     default=32,
     show_default=True,
     type=int,
-    help="Threads per process; long-polls park on them.",
+    help="Threads per process (gthread); long-polls park on them.",
+)
+@click.option(
+    "--worker-class",
+    type=click.Choice(["gthread", "gevent"]),
+    default="gthread",
+    show_default=True,
+    help="gthread: a thread per request in progress. gevent: a greenlet per request, so "
+    "one process can hold thousands of parked long-polls (needs the gevent package).",
+)
+@click.option(
+    "--worker-connections",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most connections one gevent process holds at once (parked long-polls included).",
 )
 @click.option(
     "--certfile",
@@ -115,6 +130,8 @@ def serve(
     port: int,
     workers: int,
     threads: int,
+    worker_class: str,
+    worker_connections: int,
     certfile: str | None,
     keyfile: str | None,
     ca_certs: str | None,
@@ -122,9 +139,13 @@ def serve(
 ) -> None:
     """Run the HTTP API under gunicorn (HTTPS and client certificates with --certfile ...)."""
     from server.security.ca import CA_CERT_FILE
-    from server.serving import run_gunicorn, tls_options
+    from server.serving import run_gunicorn, tls_options, worker_options
 
     settings = _settings()
+    try:
+        worker_options(worker_class, worker_connections)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     if client_certs is None:
         client_certs = "optional" if ca_certs else "none"
     if client_certs != "none" and ca_certs is None:
@@ -154,6 +175,8 @@ def serve(
         bind=f"{host}:{port}",
         workers=workers,
         threads=threads,
+        worker_class=worker_class,
+        worker_connections=worker_connections,
         certfile=certfile,
         keyfile=keyfile,
         ca_certs=ca_certs,

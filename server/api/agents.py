@@ -12,8 +12,8 @@ from server.api.routing import route
 from server.db import db_session
 from server.extensions import redis_client, settings
 from server.services import commands, liveness
-from server.services.checks import agent_assignment
-from server.services.targets import get_target, transition_status
+from server.services.assignments import config_version, target_and_serial
+from server.services.targets import transition_status
 
 bp = Blueprint("agents", __name__, url_prefix="/api/v1")
 
@@ -31,17 +31,25 @@ def heartbeat(agent_id: str, body: dict[str, Any]) -> dict[str, Any]:
     client = redis_client()
     session = db_session()
     # Unknown targets get their 404 before anything is recorded for the sweep to chase.
-    target = get_target(session, agent_id)
+    # One query: the target and the policy serial its (cached) assignment is filed under.
+    target, serial = target_and_serial(session, agent_id)
+    # The database is done with unless the status changes: let the connection go.
+    session.commit()
     facts = {k: v for k, v in body.items() if v is not None}
-    known_status = liveness.record_heartbeat(client, agent_id, facts)
+    known_status, pending = liveness.beat(client, agent_id, facts)
     if known_status != "online":
-        # Only transitions reach the database; Redis remembers the rest.
-        if transition_status(session, agent_id, "online", when=datetime.now(UTC)):
-            session.commit()
-        liveness.remember_status(client, agent_id, "online")
+        try:
+            # Only transitions reach the database; Redis remembers the rest.
+            if transition_status(session, agent_id, "online", when=datetime.now(UTC)):
+                session.commit()
+            liveness.remember_status(client, agent_id, "online")
+        except Exception:
+            # This reply will not carry the commands taken above: keep them for the next.
+            commands.give_back(client, agent_id, pending)
+            raise
     return {
-        "config_version": agent_assignment(session, target)["config_version"],
+        "config_version": config_version(session, target, serial),
         "heartbeat_interval": settings().HEARTBEAT_INTERVAL,
         "server_time": datetime.now(UTC),
-        "commands": commands.take_commands(client, agent_id),
+        "commands": pending,
     }

@@ -17,9 +17,9 @@ from server.db import db_session
 from server.extensions import notifier, policy_key, redis_client, settings
 from server.services import checks as check_service
 from server.services import commands
+from server.services.assignments import assignment_for, config_version, target_and_serial
 from server.services.audit import changes as audit_changes
 from server.services.policy import signed_reply
-from server.services.targets import get_target
 
 bp = Blueprint("checks", __name__, url_prefix="/api/v1")
 
@@ -118,12 +118,12 @@ def assigned_checks(agent_id: str, query: dict[str, Any]) -> Response:
     # Commands are the agent's to take: an operator watching its assignment must not eat them.
     takes_commands = wait > 0 and current_caller().kind == "agent"
     while True:
-        generation = changes.generation() if wait > 0 else 0
+        generation = changes.generation(agent_id) if wait > 0 else 0
         session.expire_all()
         # Read the target afresh each round: it may have changed, or gone (404), meanwhile.
-        target = get_target(session, agent_id)
-        assignment = check_service.agent_assignment(session, target)
-        version = assignment["config_version"]
+        # The checks come from the per-process cache of the current policy serial.
+        target, serial = target_and_serial(session, agent_id)
+        version = config_version(session, target, serial)
         pending = takes_commands and commands.has_commands(redis_client(), agent_id)
         remaining = deadline - time.monotonic()
         # A closing notifier (the process is stopping) returns from wait() at once: answer
@@ -132,10 +132,15 @@ def assigned_checks(agent_id: str, query: dict[str, Any]) -> Response:
             break
         # Hand the connection back while parked: a long wait must not pin a pool slot.
         session.commit()
-        changes.wait(generation, remaining)
+        if changes.wait(generation, remaining, agent_id) == generation:
+            # Nothing was published while parked (the deadline passed, or the process is
+            # stopping): the answer stands, and the next poll starts with a fresh read.
+            # Not reading again here halves what a fleet of parked polls costs.
+            break
     if _etag_matches(version) and not pending:
         response = Response(status=304)
     else:
+        assignment = assignment_for(session, target, serial)
         assignment["commands"] = commands.take_commands(redis_client(), agent_id) if pending else []
         reply = signed_reply(session, assignment, policy_key(), schemas.AgentChecksReply().dump)
         response = jsonify(reply)

@@ -7,6 +7,7 @@ import logging
 import redis
 from flask import Flask, Response, jsonify
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from server.errors import AamiError, RateLimited, ServiceUnavailable
@@ -67,6 +68,15 @@ def register_error_handlers(app: Flask) -> None:
     def database_down(exc: OperationalError) -> tuple[Response, int]:
         log.error("database unavailable", extra={"error": str(exc.orig)})
         response, status = _reply(503, "database_unavailable", "the database is unavailable")
+        response.headers["Retry-After"] = "5"
+        return response, status
+
+    @app.errorhandler(PoolTimeout)
+    def database_busy(exc: PoolTimeout) -> tuple[Response, int]:
+        # Every pooled connection stayed in use past the pool's timeout: overload, which
+        # the client should meet with backoff (503), not a bug (500).
+        log.error("database connection pool exhausted", extra={"error": str(exc)})
+        response, status = _reply(503, "database_busy", "the database is busy: retry later")
         response.headers["Retry-After"] = "5"
         return response, status
 

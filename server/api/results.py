@@ -19,8 +19,7 @@ from server.db import db_session
 from server.errors import InvalidFields
 from server.extensions import job_queues, settings
 from server.jobs import backlog
-from server.services.checks import checks_for_target
-from server.services.targets import get_target
+from server.services.assignments import assigned_check_ids, target_and_serial
 
 bp = Blueprint("results", __name__, url_prefix="/api/v1")
 
@@ -172,8 +171,8 @@ def submit_results(agent_id: str, body: dict[str, Any]) -> tuple[dict[str, Any],
             fields={"results": ["too many results"]},
         )
     session = db_session()
-    target = get_target(session, agent_id)
-    assigned = {c.id for c in checks_for_target(session, target)}
+    target, serial = target_and_serial(session, agent_id)
+    assigned = assigned_check_ids(session, target, serial)  # cached per policy serial
     session.commit()
     accepted, rejected = [], []
     for result in results:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
 from sqlalchemy import select
@@ -11,6 +9,8 @@ from sqlalchemy.orm import Session
 
 from server.errors import Conflict, InvalidFields, NotFound
 from server.models import Check, CheckAssignment, Target
+from server.services.assignments import assignment_for
+from server.services.policy import current_serial
 
 CHECK_FIELDS = ("name", "command", "shell", "limits", "env", "enabled", "maintenance")
 
@@ -147,10 +147,6 @@ def checks_for_target(session: Session, target: Target) -> list[Check]:
 
 
 def agent_assignment(session: Session, target: Target) -> dict[str, Any]:
-    """What ``GET /checks/target/{id}`` returns, with its version (the ETag)."""
-    checks = [check_to_dict(c, with_assignment=False) for c in checks_for_target(session, target)]
-    for check in checks:
-        del check["enabled"], check["maintenance"]
-    canonical = json.dumps(checks, sort_keys=True, separators=(",", ":"))
-    version = hashlib.sha256(canonical.encode()).hexdigest()[:20]
-    return {"target_id": target.id, "config_version": version, "checks": checks}
+    """What ``GET /checks/target/{id}`` returns, with its version (the ETag); from the
+    per-process cache of the current policy serial (server/services/assignments.py)."""
+    return assignment_for(session, target, current_serial(session))

@@ -15,6 +15,11 @@ def _key(agent_id: str) -> str:
     return f"aami:commands:{agent_id}"
 
 
+def queue_key(agent_id: str) -> str:
+    """The Redis list holding ``agent_id``'s pending commands (JSON, oldest first)."""
+    return _key(agent_id)
+
+
 def queue_command(client: redis.Redis, agent_id: str, command: dict[str, Any]) -> dict[str, Any]:
     """Queue ``command`` and wake the agent's long-poll, in whichever process it is parked."""
     entry = {"id": str(uuid.uuid4()), **command}
@@ -36,3 +41,9 @@ def take_commands(client: redis.Redis, agent_id: str) -> list[dict[str, Any]]:
         pipe.delete(_key(agent_id))
         raw, _ = pipe.execute()
     return [json.loads(item) for item in raw]
+
+
+def give_back(client: redis.Redis, agent_id: str, taken: list[dict[str, Any]]) -> None:
+    """Put commands taken for a reply that then failed back at the head of the queue."""
+    if taken:
+        client.lpush(_key(agent_id), *[json.dumps(entry) for entry in reversed(taken)])

@@ -12,6 +12,8 @@ from typing import Any
 
 import redis
 
+from server.services import commands
+
 LAST_SEEN_KEY = "aami:liveness"
 FACTS_KEY = "aami:facts"
 STATUS_KEY = "aami:status"
@@ -26,6 +28,24 @@ def record_heartbeat(client: redis.Redis, agent_id: str, facts: dict[str, Any]) 
         pipe.hget(STATUS_KEY, agent_id)
         *_, status = pipe.execute()
     return status.decode() if status else None
+
+
+def beat(
+    client: redis.Redis, agent_id: str, facts: dict[str, Any]
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """A heartbeat's Redis work in one round trip: :func:`record_heartbeat`, and the
+    agent's pending commands taken (atomically: two replies never carry the same one).
+    Returns (the status Redis last knew, the commands)."""
+    now = time.time()
+    queued = commands.queue_key(agent_id)
+    with client.pipeline(transaction=True) as pipe:
+        pipe.zadd(LAST_SEEN_KEY, {agent_id: now})
+        pipe.hset(FACTS_KEY, agent_id, json.dumps({**facts, "received_at": now}))
+        pipe.hget(STATUS_KEY, agent_id)
+        pipe.lrange(queued, 0, -1)
+        pipe.delete(queued)
+        _, _, status, raw, _ = pipe.execute()
+    return (status.decode() if status else None), [json.loads(item) for item in raw]
 
 
 def remember_status(client: redis.Redis, agent_id: str, status: str) -> None:

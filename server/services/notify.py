@@ -56,22 +56,29 @@ class ChangeNotifier:
         """Tell every process that ``agent_id`` (or everyone) should re-read its state."""
         self._client.publish(CHANNEL, agent_id)
 
-    def generation(self) -> int:
+    def generation(self, agent_id: str | None = None) -> int:
+        """A counter that grows with every change for everyone, and (given ``agent_id``)
+        with every change published for that agent alone."""
         self._ensure_listening()
         with self._condition:
-            return self._generation
+            return self._current(agent_id)
 
-    def wait(self, since: int, timeout: float) -> int:
-        """Block until a change newer than ``since`` arrives or ``timeout`` passes."""
+    def _current(self, agent_id: str | None) -> int:
+        return self._generation + (self._woken.get(agent_id, 0) if agent_id else 0)
+
+    def wait(self, since: int, timeout: float, agent_id: str | None = None) -> int:
+        """Block until a change newer than ``since`` arrives or ``timeout`` passes; returns
+        the generation (of ``agent_id``, if given: a command queued for one agent then
+        leaves the others parked instead of sending them all to the database)."""
         self._ensure_listening()
         deadline = time.monotonic() + timeout
         with self._condition:
-            while self._generation == since and not self._closing:
+            while self._current(agent_id) == since and not self._closing:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._condition.wait(remaining)
-            return self._generation
+            return self._current(agent_id)
 
     def _ensure_listening(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -86,9 +93,12 @@ class ChangeNotifier:
         # A change published before the subscription is live would be missed.
         self._subscribed.wait(timeout=5)
 
-    def _bump(self) -> None:
+    def _bump(self, agent_id: str = ALL_AGENTS) -> None:
         with self._condition:
-            self._generation += 1
+            if agent_id == ALL_AGENTS:
+                self._generation += 1
+            else:
+                self._woken[agent_id] = self._woken.get(agent_id, 0) + 1
             self._condition.notify_all()
 
     def _listen_forever(self) -> None:
@@ -103,7 +113,7 @@ class ChangeNotifier:
                 while True:
                     message = pubsub.get_message(timeout=1.0)
                     if message is not None:
-                        self._bump()
+                        self._bump(_agent_of(message))
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 log.warning(
                     "change listener lost Redis, retrying",
@@ -111,3 +121,11 @@ class ChangeNotifier:
                 )
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+
+def _agent_of(message: dict[str, object]) -> str:
+    """The agent a message names, or everyone (also for anything unexpected)."""
+    data = message.get("data")
+    if isinstance(data, bytes):
+        data = data.decode(errors="replace")
+    return data if isinstance(data, str) and data else ALL_AGENTS

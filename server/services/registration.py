@@ -23,7 +23,7 @@ from server.models import Group, Target, new_uuid, utcnow
 from server.security.jwt_tokens import JwtConfig
 from server.security.secrets import hash_secret, same_secret
 from server.services import credentials
-from server.services.tokens import claim_bootstrap_token
+from server.services.tokens import claim_bootstrap_token, usable_bootstrap_token
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,9 @@ def register_agent(
 ) -> Registration:
     """Register per the table above. ``certified_agent_id``: the agent a verified client
     certificate of this request names, which proves the right to that id."""
-    token = claim_bootstrap_token(session, request["token"])
+    # Read now, claimed (uses + 1) last: the claim's conditional UPDATE locks the token's
+    # row until commit, and every registration with the same token queues on that lock.
+    token = usable_bootstrap_token(session, request["token"])
     agent_id = str(request["agent_id"]) if request.get("agent_id") else None
     if token.bound_agent_id and agent_id not in (None, token.bound_agent_id):
         raise Conflict(
@@ -103,4 +105,5 @@ def register_agent(
         target.registration_key_hash = hash_secret(request["registration_key"])
     session.flush()
     tokens = credentials.start_family(session, jwt_config, target.id, refresh_ttl)
+    claim_bootstrap_token(session, request["token"])
     return Registration(target.id, created, tokens)

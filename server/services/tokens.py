@@ -98,6 +98,23 @@ def revoke_bootstrap_token(session: Session, id_or_prefix: str) -> BootstrapToke
     return row
 
 
+def usable_bootstrap_token(session: Session, secret: str) -> BootstrapToken:
+    """The token of ``secret`` if it can be used now, read without taking a use (and
+    without a row lock); ``Unauthorized`` saying why otherwise. The use is taken with
+    :func:`claim_bootstrap_token`, as late in the transaction as possible."""
+    now = utcnow()
+    row = session.scalar(select(BootstrapToken).where(
+        BootstrapToken.token_hash == hash_secret(secret)))
+    if (
+        row is None
+        or row.revoked_at is not None
+        or (row.expires_at is not None and row.expires_at <= now)
+        or (row.max_uses is not None and row.uses >= row.max_uses)
+    ):
+        raise Unauthorized(_refusal_reason(row, now), code="invalid_bootstrap_token")
+    return row
+
+
 def claim_bootstrap_token(session: Session, secret: str) -> BootstrapToken:
     """Count one use of a valid token, atomically; ``Unauthorized`` saying why otherwise.
 

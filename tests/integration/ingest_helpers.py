@@ -235,7 +235,7 @@ class ResultsTable:
 
     def _rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as conn:
-            return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+            return conn.execute(query, params).fetchall()
 
     def count(self) -> int:
         return int(self._rows("SELECT count(*) FROM check_results")[0][0])

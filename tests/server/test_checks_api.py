@@ -244,9 +244,9 @@ class LongPoll:
         notifier = app.extensions["aami.notifier"]
         real_wait = notifier.wait
 
-        def spy(since, timeout):
+        def spy(since, timeout, *args):
             self.parked.set()
-            return real_wait(since, timeout)
+            return real_wait(since, timeout, *args)
 
         notifier.wait = spy
         self.reply = None

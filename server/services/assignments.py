@@ -1,0 +1,175 @@
+"""What each agent runs, computed once per policy serial and process, not per request.
+
+Every heartbeat, result batch and long-poll round needs the checks assigned to its agent
+and their version (the ETag). Loading every check with its assignments and hashing them
+for each request made the heartbeat, the commonest call of a fleet, cost three queries
+and a millisecond of ORM work. Here the enabled checks are loaded once per *policy
+serial* (server/services/policy.py: every change to checks, assignments, groups or a
+target's labels or group bumps it, in the same transaction) and kept per process as plain
+data; a request reads the serial (one primary-key lookup, folded into the target's), picks
+the checks that apply to its target, and gets the reply and version of that set from a
+dictionary.
+
+Reading the serial before the checks makes a stale cache impossible: a change commits the
+new checks and the new serial together, and the checks are read by a later statement than
+the serial, so they are at least as new as the serial they are filed under. The cache is
+per database engine, so apps on different databases in one process never share it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from server.errors import NotFound
+from server.models import Check, PolicySerial, Target
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """One enabled check as an agent sees it, and the ways it reaches targets."""
+
+    check_id: str
+    reply: dict[str, Any]
+    target_ids: frozenset[str]
+    group_ids: frozenset[str]
+    labels: tuple[tuple[str, str | None], ...]
+
+    def applies_to(self, target_id: str, group_id: str | None, labels: dict[str, Any]) -> bool:
+        return (
+            target_id in self.target_ids
+            or (group_id is not None and group_id in self.group_ids)
+            or any(labels.get(key) == value for key, value in self.labels)
+        )
+
+
+@dataclass
+class _Snapshot:
+    serial: int
+    rules: tuple[_Rule, ...]
+    # check ids (in id order) -> (config version, the checks as the agent gets them)
+    replies: dict[tuple[str, ...], tuple[str, list[dict[str, Any]]]] = field(
+        default_factory=dict
+    )
+
+
+def _agent_view(check: Check) -> dict[str, Any]:
+    """The check as ``GET /checks/target/{id}`` returns it (``check_to_dict`` without the
+    assignment, enabled and maintenance fields)."""
+    return {
+        "id": check.id,
+        "name": check.name,
+        "command": list(check.command),
+        "interval": check.interval_s,
+        "timeout": check.timeout_s,
+        "limits": {k: v for k, v in (check.limits or {}).items() if v is not None},
+        "env": dict(check.env or {}),
+        "shell": bool(check.shell),
+    }
+
+
+def version_of(checks: list[dict[str, Any]]) -> str:
+    """The config version (ETag) of an assignment: a hash of its canonical JSON."""
+    canonical = json.dumps(checks, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def _load(session: Session, serial: int) -> _Snapshot:
+    rules = []
+    for check in session.scalars(select(Check).where(Check.enabled.is_(True)).order_by(Check.id)):
+        rules.append(_Rule(
+            check_id=check.id,
+            reply=_agent_view(check),
+            target_ids=frozenset(a.target_id for a in check.assignments if a.target_id),
+            group_ids=frozenset(a.group_id for a in check.assignments if a.group_id),
+            labels=tuple((a.label_key, a.label_value) for a in check.assignments
+                         if a.label_key is not None),
+        ))
+    return _Snapshot(serial, tuple(rules))
+
+
+class AssignmentCache:
+    """The snapshot of the newest serial this process has seen."""
+
+    def __init__(self) -> None:
+        self._snapshot: _Snapshot | None = None
+        self._lock = threading.Lock()
+        self.loads = 0  # how many times the checks were read (tests, metrics)
+
+    def snapshot(self, session: Session, serial: int) -> _Snapshot:
+        current = self._snapshot
+        if current is not None and current.serial == serial:
+            return current
+        loaded = _load(session, serial)
+        with self._lock:
+            self.loads += 1
+            # A slower request may bring an older serial: keep the newest.
+            if self._snapshot is None or self._snapshot.serial <= serial:
+                self._snapshot = loaded
+        return loaded
+
+    def lookup(
+        self, session: Session, target: Target, serial: int
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """(config version, checks) of ``target``: shared, not to be changed."""
+        snapshot = self.snapshot(session, serial)
+        labels = target.labels or {}
+        ids = tuple(rule.check_id for rule in snapshot.rules
+                    if rule.applies_to(target.id, target.group_id, labels))
+        found = snapshot.replies.get(ids)
+        if found is None:
+            by_id = {rule.check_id: rule for rule in snapshot.rules}
+            checks = [by_id[i].reply for i in ids]
+            found = snapshot.replies[ids] = (version_of(checks), checks)
+        return found
+
+
+_caches: weakref.WeakKeyDictionary[Engine, AssignmentCache] = weakref.WeakKeyDictionary()
+_caches_lock = threading.Lock()
+
+
+def cache_for(session: Session) -> AssignmentCache:
+    engine = session.get_bind()
+    assert isinstance(engine, Engine)
+    cache = _caches.get(engine)
+    if cache is None:
+        with _caches_lock:
+            cache = _caches.setdefault(engine, AssignmentCache())
+    return cache
+
+
+def target_and_serial(session: Session, target_id: str) -> tuple[Target, int]:
+    """The target (404 ``target_not_found`` if there is none) and the current policy
+    serial, in one round trip."""
+    serial = (
+        select(PolicySerial.serial).where(PolicySerial.id == 1).scalar_subquery()
+    )
+    row = session.execute(select(Target, serial).where(Target.id == target_id)).first()
+    if row is None:
+        raise NotFound(f"no target with id {target_id}", code="target_not_found")
+    return row[0], int(row[1] or 0)
+
+
+def assignment_for(session: Session, target: Target, serial: int) -> dict[str, Any]:
+    """What ``GET /checks/target/{id}`` returns for ``target``: ``target_id``,
+    ``config_version`` (the ETag) and ``checks`` (a copy the caller may change)."""
+    version, checks = cache_for(session).lookup(session, target, serial)
+    return {"target_id": target.id, "config_version": version,
+            "checks": copy.deepcopy(checks)}
+
+
+def config_version(session: Session, target: Target, serial: int) -> str:
+    """The version (ETag) of ``target``'s assignment, without copying the checks."""
+    return cache_for(session).lookup(session, target, serial)[0]
+
+
+def assigned_check_ids(session: Session, target: Target, serial: int) -> set[str]:
+    return {check["id"] for check in cache_for(session).lookup(session, target, serial)[1]}
