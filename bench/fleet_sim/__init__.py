@@ -1,7 +1,8 @@
 """Fleet simulator: thousands of simulated agents in one process against a real server.
 
-``.venv/bin/python -m bench.fleet_sim --agents 10000`` starts PostgreSQL, Redis, the API
-(``aami-server serve`` under gunicorn) and two ``aami-server worker`` processes, then grows
+``scripts/bench fleet --agents 10000`` (or ``.venv/bin/python -m bench.fleet_sim``) starts
+PostgreSQL, Redis, the API (``aami-server serve`` under gunicorn) and two
+``aami-server worker`` processes, then grows
 a simulated fleet in steps (by default a tenth, a quarter, half, all of ``--agents``).
 Each simulated agent registers with its own id, heartbeats, posts batched results and
 keeps an assignment long-poll parked, as ``aami-agent`` does (bench/fleet_sim/agents.py).

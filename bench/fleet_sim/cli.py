@@ -227,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
             out["ceiling"] = asdict(ceiling)
             if real is not None:
                 print(side_by_side(real, ceiling), flush=True)
+    except KeyboardInterrupt:
+        # The stack is stopped by the ``finally`` blocks on the way out.
+        print("fleet-sim: interrupted; the servers it started are stopped", file=sys.stderr)
+        return 130
     finally:
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=2, default=str))
