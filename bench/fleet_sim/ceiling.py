@@ -38,7 +38,9 @@ def _token(agent_id: str) -> str:
     return f"e30.{body}.ceiling"
 
 
-def create_app() -> Flask:
+def create_app(heartbeat_interval: float = 30.0) -> Flask:
+    """The bare app; heartbeats tell agents ``heartbeat_interval``, as the real server
+    tells them its ``AAMI_HEARTBEAT_INTERVAL``, so both see the same request mix."""
     app = Flask(__name__)
 
     @app.get("/healthz")
@@ -51,7 +53,7 @@ def create_app() -> Flask:
         agent_id = body.get("agent_id") or str(uuid.uuid4())
         return {"agent_id": agent_id, "access_token": _token(agent_id),
                 "refresh_token": "aami_rt_ceiling", "token_type": "Bearer",
-                "expires_in": 86400, "heartbeat_interval": 30}, 201
+                "expires_in": 86400, "heartbeat_interval": heartbeat_interval}, 201
 
     @app.post("/api/v1/agents/<agent_id>/token")
     def refresh(agent_id: str) -> Any:
@@ -62,7 +64,7 @@ def create_app() -> Flask:
     @app.post("/api/v1/agents/<agent_id>/heartbeat")
     def heartbeat(agent_id: str) -> Any:
         request.get_json()
-        return {"config_version": VERSION, "heartbeat_interval": 30,
+        return {"config_version": VERSION, "heartbeat_interval": heartbeat_interval,
                 "server_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "commands": []}
 
@@ -89,8 +91,9 @@ def create_app() -> Flask:
 
 
 class _Ceiling(BaseApplication):
-    def __init__(self, options: dict[str, Any]) -> None:
+    def __init__(self, options: dict[str, Any], heartbeat_interval: float) -> None:
         self.options = options
+        self.heartbeat_interval = heartbeat_interval
         super().__init__()
 
     def load_config(self) -> None:
@@ -98,7 +101,7 @@ class _Ceiling(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> Flask:
-        return create_app()
+        return create_app(self.heartbeat_interval)
 
 
 def main() -> None:
@@ -110,6 +113,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=32)
     parser.add_argument("--worker-class", default="gthread")
     parser.add_argument("--worker-connections", type=int, default=1000)
+    parser.add_argument("--heartbeat-interval", type=float, default=30.0)
     args = parser.parse_args()
     # The options of server/serving.py run_gunicorn, minus the AAMI-specific hooks.
     _Ceiling({
@@ -117,7 +121,7 @@ def main() -> None:
         **worker_options(args.worker_class, args.worker_connections),
         "timeout": 120, "graceful_timeout": 30, "accesslog": None,
         "control_socket_disable": True,
-    }).run()
+    }, args.heartbeat_interval).run()
 
 
 if __name__ == "__main__":

@@ -273,7 +273,7 @@ def _run_real(args: argparse.Namespace, plan: Plan, serving: Serving, workdir: P
 
 
 def _run_ceiling(plan: Plan, serving: Serving, workdir: Path, check_ids: list[str]) -> RunReport:
-    server = CeilingServer(workdir / "ceiling", serving)
+    server = CeilingServer(workdir / "ceiling", serving, plan.heartbeat_interval)
     server.start()
     try:
         pid = server.pid

@@ -136,9 +136,10 @@ class CeilingServer(LocalServer):
     name = "ceiling"
     ready_timeout = 30.0
 
-    def __init__(self, data_dir: Path, serving: Serving) -> None:
+    def __init__(self, data_dir: Path, serving: Serving, heartbeat_interval: float) -> None:
         super().__init__(data_dir)
         self.serving = serving
+        self.heartbeat_interval = heartbeat_interval
 
     @property
     def url(self) -> str:
@@ -146,7 +147,8 @@ class CeilingServer(LocalServer):
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-m", "bench.fleet_sim.ceiling", "--bind",
-                f"{LOOPBACK}:{self.port}", *self.serving.serve_args()]
+                f"{LOOPBACK}:{self.port}", *self.serving.serve_args(),
+                "--heartbeat-interval", f"{self.heartbeat_interval:g}"]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         return self._popen(argv, env=env)
 
