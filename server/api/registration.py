@@ -6,16 +6,23 @@ import logging
 from typing import Any
 
 from flask import Blueprint
+from sqlalchemy.orm import Session
 
 from server.api import schemas
 from server.api.auth import jwt_config
-from server.api.peer import client_address, peer_certificate
+from server.api.peer import PeerCertificate, client_address, peer_certificate
 from server.api.routing import route
-from server.db import db_session
+from server.db import db_session, get_database
 from server.extensions import certificate_authority, settings
+from server.security.ca import CertificateAuthority
 from server.services import credentials
 from server.services.certificates import issue_agent_certificate
-from server.services.registration import register_agent
+from server.services.registration import Registration, register_agent
+from server.services.tokens import (
+    TokenUse,
+    return_bootstrap_token_use,
+    take_bootstrap_token_use,
+)
 
 bp = Blueprint("registration", __name__, url_prefix="/api/v1")
 log = logging.getLogger(__name__)
@@ -43,11 +50,42 @@ def register(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
     # Before the bootstrap token is touched: a csr this server cannot sign is a 409.
     authority = certificate_authority().get() if csr is not None else None
     certificate = peer_certificate()
+    engine = get_database().engine
+    use = take_bootstrap_token_use(engine, body["token"])
+    try:
+        registration, reply = _register(session, body, use, csr, authority, certificate)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        return_bootstrap_token_use(engine, use)
+        raise
+    log.info(
+        "agent registered",
+        extra={
+            "agent_id": registration.agent_id,
+            "new_target": registration.created,
+            "client": client_address(),
+            "certificate_issued": csr is not None,
+        },
+    )
+    return reply, 201 if registration.created else 200
+
+
+def _register(
+    session: Session,
+    body: dict[str, Any],
+    use: TokenUse,
+    csr: str | None,
+    authority: CertificateAuthority | None,
+    certificate: PeerCertificate | None,
+) -> tuple[Registration, dict[str, Any]]:
+    """The registration's writes and its reply, in the request's transaction."""
     registration = register_agent(
         session,
         jwt_config(),
         settings().REFRESH_TOKEN_TTL,
         body,
+        use,
         certified_agent_id=certificate.agent_id if certificate else None,
     )
     reply: dict[str, Any] = {
@@ -67,17 +105,7 @@ def register(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
                 via="registration",
             )
         )
-    session.commit()
-    log.info(
-        "agent registered",
-        extra={
-            "agent_id": registration.agent_id,
-            "new_target": registration.created,
-            "client": client_address(),
-            "certificate_issued": csr is not None,
-        },
-    )
-    return reply, 201 if registration.created else 200
+    return registration, reply
 
 
 @route(

@@ -23,7 +23,7 @@ from server.models import Group, Target, new_uuid, utcnow
 from server.security.jwt_tokens import JwtConfig
 from server.security.secrets import hash_secret, same_secret
 from server.services import credentials
-from server.services.tokens import claim_bootstrap_token, usable_bootstrap_token
+from server.services.tokens import TokenUse
 
 
 @dataclass(frozen=True)
@@ -46,14 +46,13 @@ def register_agent(
     jwt_config: JwtConfig,
     refresh_ttl: int,
     request: dict[str, Any],
+    token: TokenUse,
     *,
     certified_agent_id: str | None = None,
 ) -> Registration:
-    """Register per the table above. ``certified_agent_id``: the agent a verified client
-    certificate of this request names, which proves the right to that id."""
-    # Read now, claimed (uses + 1) last: the claim's conditional UPDATE locks the token's
-    # row until commit, and every registration with the same token queues on that lock.
-    token = usable_bootstrap_token(session, request["token"])
+    """Register per the table above, with a use already taken of the bootstrap token
+    (``tokens.take_bootstrap_token_use``). ``certified_agent_id``: the agent a verified
+    client certificate of this request names, which proves the right to that id."""
     agent_id = str(request["agent_id"]) if request.get("agent_id") else None
     if token.bound_agent_id and agent_id not in (None, token.bound_agent_id):
         raise Conflict(
@@ -105,5 +104,4 @@ def register_agent(
         target.registration_key_hash = hash_secret(request["registration_key"])
     session.flush()
     tokens = credentials.start_family(session, jwt_config, target.id, refresh_ttl)
-    claim_bootstrap_token(session, request["token"])
     return Registration(target.id, created, tokens)

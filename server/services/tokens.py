@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.orm import Session
 
 from server.errors import InvalidFields, NotFound, Unauthorized
@@ -98,32 +98,31 @@ def revoke_bootstrap_token(session: Session, id_or_prefix: str) -> BootstrapToke
     return row
 
 
-def usable_bootstrap_token(session: Session, secret: str) -> BootstrapToken:
-    """The token of ``secret`` if it can be used now, read without taking a use (and
-    without a row lock); ``Unauthorized`` saying why otherwise. The use is taken with
-    :func:`claim_bootstrap_token`, as late in the transaction as possible."""
-    now = utcnow()
-    row = session.scalar(select(BootstrapToken).where(
-        BootstrapToken.token_hash == hash_secret(secret)))
-    if (
-        row is None
-        or row.revoked_at is not None
-        or (row.expires_at is not None and row.expires_at <= now)
-        or (row.max_uses is not None and row.uses >= row.max_uses)
-    ):
-        raise Unauthorized(_refusal_reason(row, now), code="invalid_bootstrap_token")
-    return row
+@dataclass(frozen=True)
+class TokenUse:
+    """One use taken of a bootstrap token, with what a registration inherits from it."""
+
+    token_id: str
+    group_id: str | None
+    labels: dict[str, Any]
+    bound_agent_id: str | None
 
 
-def claim_bootstrap_token(session: Session, secret: str) -> BootstrapToken:
+def take_bootstrap_token_use(engine: Engine, secret: str) -> TokenUse:
     """Count one use of a valid token, atomically; ``Unauthorized`` saying why otherwise.
 
-    The conditional UPDATE is what keeps ``max_uses`` exact under concurrent
-    registrations: two requests cannot both take the last use.
+    The conditional UPDATE keeps ``max_uses`` exact under concurrent registrations (two
+    requests cannot both take the last use). It runs alone on a connection in autocommit
+    mode, so the token's row is locked for that one statement, not for the registration's
+    transaction: every agent of a fleet registers with the same token, and a lock held
+    across a whole registration queued them all behind each other, holding pool
+    connections that heartbeats then lacked (the fleet simulator saw 20 s waits). A
+    registration that fails after this gives the use back
+    (:func:`return_bootstrap_token_use`).
     """
     token_hash = hash_secret(secret)
     now = utcnow()
-    claimed = session.execute(
+    claim = (
         update(BootstrapToken)
         .where(
             BootstrapToken.token_hash == token_hash,
@@ -132,13 +131,25 @@ def claim_bootstrap_token(session: Session, secret: str) -> BootstrapToken:
             or_(BootstrapToken.max_uses.is_(None), BootstrapToken.uses < BootstrapToken.max_uses),
         )
         .values(uses=BootstrapToken.uses + 1, last_used_at=now)
-        .execution_options(synchronize_session=False)
+        .returning(BootstrapToken.id, BootstrapToken.group_id, BootstrapToken.labels,
+                   BootstrapToken.bound_agent_id)
     )
-    row = session.scalar(select(BootstrapToken).where(BootstrapToken.token_hash == token_hash))
-    if claimed.rowcount == 1 and row is not None:  # type: ignore[attr-defined]
-        session.refresh(row)
-        return row
-    raise Unauthorized(_refusal_reason(row, now), code="invalid_bootstrap_token")
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        taken = conn.execute(claim).first()
+        if taken is not None:
+            return TokenUse(taken.id, taken.group_id, dict(taken.labels or {}),
+                            taken.bound_agent_id)
+        with Session(bind=conn) as session:
+            row = session.scalar(select(BootstrapToken).where(
+                BootstrapToken.token_hash == token_hash))
+            raise Unauthorized(_refusal_reason(row, now), code="invalid_bootstrap_token")
+
+
+def return_bootstrap_token_use(engine: Engine, use: TokenUse) -> None:
+    """Give back a use taken by a registration that then failed."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(update(BootstrapToken).where(BootstrapToken.id == use.token_id)
+                     .values(uses=BootstrapToken.uses - 1))
 
 
 def _refusal_reason(row: BootstrapToken | None, now: datetime) -> str:
