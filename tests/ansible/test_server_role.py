@@ -44,7 +44,10 @@ def test_environment_file_is_private_and_reads_back_the_same_in_a_shell(
     assert env["AAMI_REDIS_URL"] == "redis://127.0.0.1:1/0"
     assert env["AAMI_DATA_DIR"] == f"{server_install.root}/var/lib/aami-server"
     assert env["AAMI_HEARTBEAT_INTERVAL"] == "15"
+    # A client CA turns AAMI_REQUIRE_CLIENT_CERT on; without the CA's key, no AAMI_CA_DIR.
+    assert env["AAMI_REQUIRE_CLIENT_CERT"] == "true"
     assert "AAMI_DATABASE_URL" not in env
+    assert "AAMI_CA_DIR" not in env
 
 
 def test_tls_key_is_private_and_the_api_serves_https_on_its_port(
@@ -55,12 +58,25 @@ def test_tls_key_is_private_and_the_api_serves_https_on_its_port(
     unit = (root / "etc/systemd/system/aami-server.service").read_text()
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     assert exec_start.split()[1:] == [
-        "serve", "--host", "0.0.0.0", "--port", "443", "--workers", "2", "--threads", "32",
+        "serve", "--host", "0.0.0.0", "--port", "443", "--workers", "2",
+        "--worker-class", "gthread", "--threads", "16",
         "--certfile", f"{root}/etc/aami-server/server.crt",
         "--keyfile", f"{root}/etc/aami-server/server.key",
+        "--ca-certs", f"{root}/etc/aami-server/client-ca.crt",
+        "--client-certs", "required",
     ]
     # Port 443 needs exactly one capability; nothing else is granted.
     assert "CapabilityBoundingSet=CAP_NET_BIND_SERVICE" in unit.splitlines()
+    assert "runs gunicorn with gthread workers" in unit
+    assert "client certificates required, verified against client-ca.crt" in unit
+
+
+def test_client_ca_is_copied_public_and_no_ca_key_without_one(server_install: Applied) -> None:
+    config = server_install.root / "etc/aami-server"
+    client_ca = config / "client-ca.crt"
+    assert client_ca.read_text() == "not a real CA certificate\n"
+    assert oct(stat.S_IMODE(client_ca.stat().st_mode)) == "0o644"
+    assert not (config / "ca").exists()
 
 
 def test_every_unit_reads_the_environment_file_and_runs_unprivileged(
