@@ -48,6 +48,13 @@ def init_extensions(app: Flask, settings: Settings) -> None:
     app.extensions[extensions.POLICY_KEY] = _policy_key(settings)
     # Loaded on first use, so 'aami-server ca init' on a running server needs no restart.
     app.extensions[extensions.AUTHORITY] = AuthorityCache(settings.ca_dir())
+    from server.api import admission
+
+    app.extensions[admission.EXTENSION_KEY] = admission.Admission(
+        settings.MAX_ACTIVE_REQUESTS,
+        {admission.REGISTRATION: settings.MAX_ACTIVE_REGISTRATIONS},
+        wait=settings.ADMISSION_WAIT_MS / 1000,
+    )
 
 
 def _policy_key(settings: Settings) -> Any:

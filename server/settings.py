@@ -70,6 +70,12 @@ class Settings:
     # refreshes per agent id and client address. Counted in Redis, shared by every worker.
     REGISTER_RATE_LIMIT: str = "30/1m"
     REFRESH_RATE_LIMIT: str = "10/1m"
+    # Admission control (server/api/admission.py), per server process: API calls worked on
+    # at once, registrations among them, and how long a call may wait for a place before
+    # it is answered 503 server_busy with a Retry-After.
+    MAX_ACTIVE_REQUESTS: int = 32
+    MAX_ACTIVE_REGISTRATIONS: int = 4
+    ADMISSION_WAIT_MS: int = 2000
     # Comma-separated http(s) URLs that receive every event as a CloudEvent.
     EVENT_WEBHOOKS: str = ""
     LOG_LEVEL: str = "info"
@@ -209,6 +215,11 @@ def _validate(settings: Settings) -> None:
     if settings.SECRET_KEY and len(settings.SECRET_KEY) < MIN_SECRET_KEY_LENGTH:
         raise SettingsError(
             f"{ENV_PREFIX}SECRET_KEY: must be at least {MIN_SECRET_KEY_LENGTH} characters long"
+        )
+    if settings.MAX_ACTIVE_REGISTRATIONS > settings.MAX_ACTIVE_REQUESTS:
+        raise SettingsError(
+            f"{ENV_PREFIX}MAX_ACTIVE_REGISTRATIONS cannot be larger than "
+            f"{ENV_PREFIX}MAX_ACTIVE_REQUESTS (registrations are among the requests)"
         )
     if settings.OFFLINE_AFTER_INTERVALS <= settings.STALE_AFTER_INTERVALS:
         raise SettingsError(

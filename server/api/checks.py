@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from server.api import schemas
+from server.api.admission import place_given_up
 from server.api.audit import audit
 from server.api.auth import current_caller
 from server.api.fields import format_duration
@@ -132,7 +133,9 @@ def assigned_checks(agent_id: str, query: dict[str, Any]) -> Response:
             break
         # Hand the connection back while parked: a long wait must not pin a pool slot.
         session.commit()
-        if changes.wait(generation, remaining, agent_id) == generation:
+        with place_given_up():  # parked is not working: the place is someone else's
+            woken_at = changes.wait(generation, remaining, agent_id)
+        if woken_at == generation:
             # Nothing was published while parked (the deadline passed, or the process is
             # stopping): the answer stands, and the next poll starts with a fresh read.
             # Not reading again here halves what a fleet of parked polls costs.

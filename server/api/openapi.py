@@ -64,7 +64,8 @@ def _operation(doc: RouteDoc) -> dict[str, Any]:
         )
     responses.setdefault(
         "503",
-        {"description": "database or Redis unavailable: retry after Retry-After", **error},
+        {"description": "database or Redis unavailable, or the server at capacity "
+         "(server_busy): retry after Retry-After", **error},
     )
     if doc.rate_limit:
         responses["429"] = {

@@ -9,6 +9,7 @@ from flask import Blueprint
 from sqlalchemy.orm import Session
 
 from server.api import schemas
+from server.api.admission import REGISTRATION
 from server.api.auth import jwt_config
 from server.api.peer import PeerCertificate, client_address, peer_certificate
 from server.api.routing import route
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
         409: "agent id in use, or a csr sent to a server without a CA (ca_not_configured)",
     },
     rate_limit="register",
+    admission=REGISTRATION,
 )
 def register(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
     session = db_session()

@@ -15,6 +15,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from marshmallow import Schema, ValidationError
 
+from server.api.admission import ALL, admitted
 from server.api.auth import authenticate
 from server.api.ratelimits import LIMITS
 from server.api.ratelimits import enforce as enforce_rate_limit
@@ -35,6 +36,7 @@ class RouteDoc:
     auth: str = "admin"  # admin | admin-write | agent | agent-or-admin | bootstrap | none
     extra_statuses: dict[int, str] = field(default_factory=dict)
     rate_limit: str | None = None  # a name in server.api.ratelimits.LIMITS
+    admission: str = ALL  # the place it takes (server/api/admission.py)
 
 
 REGISTRY: list[RouteDoc] = []
@@ -92,6 +94,7 @@ def route(
     auth: str = "admin",
     extra_statuses: dict[int, str] | None = None,
     rate_limit: str | None = None,
+    admission: str = ALL,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     if rate_limit is not None and rate_limit not in LIMITS:
         raise ValueError(f"unknown rate limit {rate_limit!r}: one of {sorted(LIMITS)}")
@@ -110,6 +113,7 @@ def route(
             auth=auth,
             extra_statuses=extra_statuses or {},
             rate_limit=rate_limit,
+            admission=admission,
         )
     )
     body_schema = body() if body else None
@@ -119,6 +123,11 @@ def route(
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            # Past capacity a call is refused (503) before it costs anything else.
+            with admitted(admission):
+                return handle(*args, **kwargs)
+
+        def handle(*args: Any, **kwargs: Any) -> Any:
             # Counted first: a flood is refused before it costs a token lookup or a parse.
             if rate_limit is not None:
                 enforce_rate_limit(rate_limit, kwargs)
