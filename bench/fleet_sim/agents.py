@@ -214,18 +214,30 @@ class Fleet:
             self.recorder.record(kind, outcome, None)
             raise Unavailable(outcome) from None
         elapsed = time.monotonic() - began
-        self.recorder.record(kind, str(status), elapsed if timed else None)
         payload: Any = None
         if raw:
             try:
                 payload = json.loads(raw)
             except ValueError:
                 payload = raw[:200]
+        # Latency percentiles are of answers that did the work: a quick refusal would
+        # otherwise pull them down. Load shed on purpose (503 server_busy) is counted
+        # apart from the 5xx that are failures.
+        outcome = BUSY if status == 503 and _error_code(payload) == "server_busy" else str(status)
+        self.recorder.record(kind, outcome, elapsed if timed and status in ok else None)
         if status in ok:
             return status, payload, reply_headers
         if status == 429 or status >= 500:
             raise Unavailable(str(status), _retry_after(reply_headers))
         raise Rejected(status, payload)
+
+
+BUSY = "busy"
+
+
+def _error_code(payload: Any) -> str | None:
+    error = payload.get("error") if isinstance(payload, dict) else None
+    return error.get("code") if isinstance(error, dict) else None
 
 
 class Wake:

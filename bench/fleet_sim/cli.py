@@ -136,7 +136,8 @@ def step_line(step: StepReport) -> str:
     cpu = " ".join(f"{role} {pct:g}%" for role, pct in step.cpu_percent.items())
     return (
         f"{step.agents:>6} agents | {w['requests_per_s']:>7.1f} req/s | fail {w['failures']:>5}"
-        f" 5xx {w['server_errors_5xx']:>4} 429 {w['rate_limited_429']:>4} | p50/p99 ms:"
+        f" 5xx {w['server_errors_5xx']:>4} busy {w['shed_503_busy']:>5}"
+        f" 429 {w['rate_limited_429']:>4} | p50/p99 ms:"
         f" heartbeat {_lat(kinds, 'heartbeat')} results {_lat(kinds, 'results')}"
         f" assignment {_lat(kinds, 'assignment')} register {_lat(kinds, 'register')}"
         f" | polls 304 {polls.get('304', 0)} 200 {polls.get('200', 0)}"
@@ -153,7 +154,7 @@ def ramp_line(step: StepReport) -> str:
             f"{register.get('outcomes')} p50/p99 ms {register.get('p50_ms')}/"
             f"{register.get('p99_ms')}; all requests meanwhile: {ramp.get('requests')} "
             f"({ramp.get('failures')} failed, 5xx {ramp.get('server_errors_5xx')}, "
-            f"429 {ramp.get('rate_limited_429')})")
+            f"503 busy {ramp.get('shed_503_busy')}, 429 {ramp.get('rate_limited_429')})")
 
 
 def show(item: Any) -> None:
@@ -167,7 +168,8 @@ def show(item: Any) -> None:
               flush=True)
         w = item["window"]
         print(f"  during the storm: {w['requests']} requests, {w['failures']} failed, "
-              f"5xx {w['server_errors_5xx']}, 429 {w['rate_limited_429']}, p50/p99 ms "
+              f"5xx {w['server_errors_5xx']}, 503 busy {w['shed_503_busy']}, "
+              f"429 {w['rate_limited_429']}, p50/p99 ms "
               f"heartbeat {_lat(w['kinds'], 'heartbeat')} results {_lat(w['kinds'], 'results')}"
               f"; outcomes {json.dumps({k: v['outcomes'] for k, v in w['kinds'].items()})}",
               flush=True)

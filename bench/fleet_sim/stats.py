@@ -57,6 +57,10 @@ class Window:
     def server_errors(self) -> int:
         return self.count(lambda o: o.isdigit() and o.startswith("5"))
 
+    def shed(self) -> int:
+        """503 server_busy: the server's admission control refused the call on purpose."""
+        return self.count(lambda o: o == "busy")
+
     def rate_limited(self) -> int:
         return self.count(lambda o: o == "429")
 
@@ -83,6 +87,7 @@ class Window:
             "failures": self.failures(),
             "server_errors_5xx": self.server_errors(),
             "rate_limited_429": self.rate_limited(),
+            "shed_503_busy": self.shed(),
             "client_loop_lag_p99_ms": _ms(percentile(self.loop_lag, 99)),
             "worst_seconds": self.worst_seconds(),
             "kinds": kinds,
