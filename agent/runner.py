@@ -168,6 +168,7 @@ class Agent:
         self.status = StatusBoard(agent_id=self.agent_id, server=config.server.address,
                                   version=self.version)
         self._status_path = state_dir / defaults.STATUS_FILE
+        self._status_write_failing = False
 
         self._started = time.monotonic()
         self._stop = threading.Event()
@@ -636,8 +637,19 @@ class Agent:
                 dropped_results=self.dropped_results(),
             )
             write_json(self._status_path, data, durable=False)
+        except OSError as exc:
+            # Logged when it starts failing and when it works again, not every round: a
+            # full disk would otherwise fill the journal with the same complaint.
+            if not self._status_write_failing:
+                log.error("cannot write %s (%s); aami-agent status shows stale data until "
+                          "it can", self._status_path, exc.strerror or exc)
+            self._status_write_failing = True
         except Exception:
             log.exception("cannot write %s", self._status_path)
+        else:
+            if self._status_write_failing:
+                log.info("writing %s again", self._status_path)
+            self._status_write_failing = False
 
 
 # -- check --once --------------------------------------------------------------------------

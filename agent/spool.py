@@ -19,6 +19,15 @@ Failures that must not stop the agent:
 * a corrupt or foreign file is moved aside (``<name>.corrupt-<UTC timestamp>``), logged,
   and a fresh spool started;
 * a full disk on append drops (and counts) the new results instead of raising.
+
+The spool never takes the last of its disk: it keeps ``min_free_bytes`` free and drops
+new results rather than go below (counted like any other drop). In WAL mode even a
+DELETE needs room (WAL frames, then a checkpoint that copies them into the database), so
+a spool that filled its disk while the server was away would be able neither to remove
+what the server then acknowledged nor to store anything new: every later result would be
+dropped until someone freed space. At the reserve it checkpoints and truncates the WAL,
+which gives the WAL's space back; pages of acknowledged results are reused before the
+file grows again; the drop count is written down at once, inside the reserve.
 """
 
 from __future__ import annotations
@@ -55,6 +64,12 @@ INSERT OR IGNORE INTO counters (name, value) VALUES ('dropped', 0);
 """
 #: Seconds between two "spool is full" warnings.
 EVICTION_LOG_INTERVAL = 60.0
+#: Free space the spool leaves on its file system: room for the WAL frames of the
+#: deletions and for the checkpoints that make room again (see the module docstring).
+MIN_FREE_BYTES = 2 * 1024 * 1024
+# Checkpoint every 256 WAL pages (1 MiB) rather than SQLite's 1000: what a checkpoint adds
+# to the database file then always fits in MIN_FREE_BYTES.
+_WAL_AUTOCHECKPOINT_PAGES = 256
 # Stay under SQLITE_MAX_VARIABLE_NUMBER of older SQLite builds (999).
 _CHUNK = 500
 
@@ -66,11 +81,14 @@ class _CorruptSpool(sqlite3.DatabaseError):
 class Spool:
     """Thread-safe: one connection, guarded by a lock."""
 
-    def __init__(self, path: str | Path, max_bytes: int) -> None:
+    def __init__(
+        self, path: str | Path, max_bytes: int, min_free_bytes: int = MIN_FREE_BYTES
+    ) -> None:
         if max_bytes < 1:
             raise ValueError(f"spool max_bytes must be positive, got {max_bytes}")
         self._path = Path(path)
         self._max_bytes = max_bytes
+        self._min_free = min_free_bytes
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._depth = 0
@@ -98,17 +116,20 @@ class Spool:
             return
         with self._lock:
             try:
+                if not self._room_for(sum(size for _, _, size in rows)):
+                    self._drop_new(rows, f"disk full: keeping {self._min_free} bytes free")
+                    return
                 self._append(rows)
                 return
             except sqlite3.DatabaseError as exc:
                 if not _is_corrupt(exc):
-                    self._drop_new(rows, exc)
+                    self._drop_new(rows, _reason(exc))
                     return
                 self._recover(exc)
             try:
                 self._append(rows)
             except sqlite3.DatabaseError as exc:
-                self._drop_new(rows, exc)
+                self._drop_new(rows, _reason(exc))
 
     def peek(self, limit: int) -> list[tuple[int, dict[str, Any]]]:
         """Up to ``limit`` results, oldest first, as ``(seq, result)``; removes nothing."""
@@ -133,18 +154,16 @@ class Spool:
         if not seqs:
             return
         with self._lock:
-            conn = self._connection()
             try:
-                with _transaction(conn):
-                    for chunk in _chunks(list(seqs)):
-                        marks = ",".join("?" * len(chunk))
-                        sizes = conn.execute(
-                            f"DELETE FROM results WHERE seq IN ({marks}) RETURNING size", chunk
-                        ).fetchall()
-                        self._depth -= len(sizes)
-                        self._bytes -= sum(size for (size,) in sizes)
+                try:
+                    self._delete(seqs)
+                except sqlite3.DatabaseError as exc:
+                    if not _is_disk_full(exc):
+                        raise
+                    # The WAL could not grow: give its space back, then try once more.
+                    self._checkpoint()
+                    self._delete(seqs)
             except sqlite3.DatabaseError as exc:
-                self._reload_totals_quietly()
                 if not _is_corrupt(exc):
                     raise
                 self._recover(exc)
@@ -166,6 +185,44 @@ class Spool:
                 self._conn = None
 
     # -- internals (callers hold self._lock) ------------------------------------------
+
+    def _delete(self, seqs: Sequence[int]) -> None:
+        conn = self._connection()
+        try:
+            with _transaction(conn):
+                for chunk in _chunks(list(seqs)):
+                    marks = ",".join("?" * len(chunk))
+                    sizes = conn.execute(
+                        f"DELETE FROM results WHERE seq IN ({marks}) RETURNING size", chunk
+                    ).fetchall()
+                    self._depth -= len(sizes)
+                    self._bytes -= sum(size for (size,) in sizes)
+        except sqlite3.DatabaseError:
+            self._reload_totals_quietly()
+            raise
+
+    def _room_for(self, size: int) -> bool:
+        """Whether ``size`` more bytes can be stored and ``min_free_bytes`` stay free;
+        on the edge, checkpoint first (it gives the WAL's space back)."""
+        wanted = self._min_free + size
+        free = _free_bytes(self._path.parent)
+        if free >= wanted:
+            return True
+        conn = self._connection()
+        # Pages of removed results are reused before the file grows.
+        (pages,) = conn.execute("PRAGMA freelist_count").fetchone()
+        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+        if free + pages * page_size >= wanted:
+            return True
+        self._checkpoint()
+        return _free_bytes(self._path.parent) + pages * page_size >= wanted
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it; best effort."""
+        try:
+            self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as exc:
+            log.warning("spool %s: checkpoint failed: %s", self._path, exc)
 
     def _append(self, rows: list[tuple[Any, str, int]]) -> None:
         conn = self._connection()
@@ -216,10 +273,20 @@ class Spool:
                 self._evicted_unlogged = 0
                 self._last_evict_log = now
 
-    def _drop_new(self, rows: list[tuple[Any, str, int]], exc: sqlite3.DatabaseError) -> None:
+    def _drop_new(self, rows: list[tuple[Any, str, int]], reason: str) -> None:
         self._unsaved_dropped += len(rows)
-        reason = "disk full" if _is_disk_full(exc) else str(exc)
         log.error("spool %s: cannot store results (%s); dropped %d", self._path, reason, len(rows))
+        # Write the count down now if there is room for that (there is, when the results
+        # were refused to keep MIN_FREE_BYTES free), so that a restart cannot lose it.
+        try:
+            conn = self._connection()
+            with _transaction(conn):
+                conn.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped'",
+                             (self._unsaved_dropped,))
+        except (sqlite3.Error, RuntimeError):
+            return  # kept in memory and written with the next append that fits
+        self._dropped += self._unsaved_dropped
+        self._unsaved_dropped = 0
 
     def _evict_oldest(self, conn: sqlite3.Connection) -> int:
         excess = self._bytes - self._max_bytes
@@ -267,6 +334,7 @@ class Spool:
             conn.execute("PRAGMA synchronous = FULL")
             # Keep the WAL from growing without bound between checkpoints.
             conn.execute("PRAGMA journal_size_limit = 4194304")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_AUTOCHECKPOINT_PAGES}")
             check = conn.execute("PRAGMA quick_check").fetchall()
             if check != [("ok",)]:
                 raise _CorruptSpool(f"quick_check failed: {check[:3]}")
@@ -353,6 +421,19 @@ class _transaction:
 def _chunks(items: list[int]) -> Iterator[list[int]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
+
+
+def _free_bytes(directory: Path) -> int:
+    """Bytes an unprivileged process may still write on ``directory``'s file system."""
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return 1 << 62  # cannot tell: let SQLite find out
+    return stats.f_bavail * stats.f_frsize
+
+
+def _reason(exc: sqlite3.DatabaseError) -> str:
+    return "disk full" if _is_disk_full(exc) else str(exc)
 
 
 def _is_disk_full(exc: sqlite3.DatabaseError) -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from agent import cli
+from agent import runner as runner_module
 from agent.assignment import AssignmentCache
 from agent.backoff import Backoff
 from agent.config import Config, load_config
@@ -584,3 +585,30 @@ def test_check_once_cli_exit_code_is_the_worst_status(
     out = capsys.readouterr().out
     assert "cached assignment" in out
     assert "WARNING - getting full" in out and "OK - all good" in out
+
+
+def test_a_status_file_that_cannot_be_written_is_logged_once_until_it_can(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent = harness.agent(start=False)
+    full = OSError(28, "No space left on device")
+
+    def disk_full(*_args: object, **_kwargs: object) -> None:
+        raise full
+
+    with monkeypatch.context() as patched:
+        patched.setattr(runner_module, "write_json", disk_full)
+        with caplog.at_level(logging.INFO, logger="agent.runner"):
+            for _ in range(5):
+                agent._write_status()
+    complaints = [r for r in caplog.records if "cannot write" in r.getMessage()]
+    assert len(complaints) == 1, [r.getMessage() for r in caplog.records]
+    assert "No space left on device" in complaints[0].getMessage()
+    assert complaints[0].exc_info is None  # a reason, not a traceback
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="agent.runner"):
+        agent._write_status()
+    assert (harness.tmp_path / "state" / "status.json").exists()
+    assert any("writing" in r.getMessage() and "again" in r.getMessage()
+               for r in caplog.records)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import stat
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agent import spool as spool_module
 from agent.spool import Spool
 
 
@@ -219,6 +222,76 @@ def test_disk_full_on_append_drops_and_counts_instead_of_raising(
         assert ids(reopened.peek(10)) == ["r-0", "r-9"]
     finally:
         reopened.close()
+
+
+def test_the_spool_keeps_its_reserve_free_and_reuses_the_room_of_acked_results(
+    path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    free = {"bytes": 1 << 40}
+    monkeypatch.setattr(spool_module, "_free_bytes", lambda directory: free["bytes"])
+    spool = Spool(path, max_bytes=100_000_000, min_free_bytes=64 * 1024)
+    spool.append([result(n, 2000) for n in range(100)])
+    free["bytes"] = 0  # the spool filled its disk (the server was away)
+    with caplog.at_level(logging.ERROR, logger="agent.spool"):
+        spool.append([result(100)])
+    assert "disk full" in caplog.text
+    assert (spool.depth(), spool.dropped()) == (100, 1)
+
+    # The server is back: what it acknowledged can still be removed, and the pages it
+    # held take new results although the file system has no byte left.
+    spool.ack([seq for seq, _ in spool.peek(100)])
+    spool.append([result(101)])
+    assert ids(spool.peek(10)) == ["r-101"]
+    spool.close()
+    reopened = Spool(path, max_bytes=100_000_000)
+    try:
+        assert reopened.dropped() == 1
+    finally:
+        reopened.close()
+
+
+def test_results_dropped_to_keep_the_reserve_stay_counted_across_a_restart(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "_free_bytes", lambda directory: 0)
+    spool = Spool(path, max_bytes=100_000_000)
+    spool.append([result(1)])
+    spool.append([result(2)])
+    spool.close()  # nothing was stored since the drops: the count is on disk all the same
+    reopened = Spool(path, max_bytes=100_000_000)
+    try:
+        assert (reopened.depth(), reopened.dropped()) == (0, 2)
+    finally:
+        reopened.close()
+
+
+class _FullOnce:
+    """A connection whose first DELETE fails as on a full disk (the WAL cannot grow)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.statements: list[str] = []
+        self.failed = False
+
+    def execute(self, statement: str, *args: Any) -> sqlite3.Cursor:
+        self.statements.append(statement)
+        if statement.startswith("DELETE") and not self.failed:
+            self.failed = True
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.conn.execute(statement, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+def test_an_ack_that_meets_a_full_disk_checkpoints_and_tries_again(spool: Spool) -> None:
+    spool.append([result(n) for n in range(3)])
+    full = _FullOnce(spool._conn)  # type: ignore[arg-type]
+    spool._conn = full  # type: ignore[assignment]
+    spool.ack([seq for seq, _ in spool.peek(2)])
+    assert "PRAGMA wal_checkpoint(TRUNCATE)" in full.statements
+    assert spool.depth() == 1
+    assert ids(spool.peek(10)) == ["r-2"]
 
 
 def test_concurrent_appends_and_acks_stay_consistent(spool: Spool) -> None:

@@ -1,5 +1,11 @@
 """Fixtures of the fault suite: services of its own, which its tests may kill.
 
+The services always come from the local binaries (tests/support/services.py), even when
+``REDIS_URL`` / ``DATABASE_URL`` name running servers or Docker is there: a test must be
+able to SIGKILL them and start them again on the same port and data directory, and
+killing a shared server would break other tests. Without the binaries the suite skips,
+or fails under ``CI=true``.
+
 PostgreSQL is one private cluster for the whole suite (``initdb`` costs seconds), with a
 fresh database per test; a test that kills it restarts it, and every test starts by making
 sure it runs. Redis is a private ``redis-server`` per test with the persistence the

@@ -63,13 +63,16 @@ class SmallDisk:
         stats = os.statvfs(self.path)
         return stats.f_bavail * stats.f_frsize
 
-    def fill(self) -> int:
-        """Write a filler file until the filesystem refuses more; returns its size."""
+    def fill(self, leave: int = 0) -> int:
+        """Grow a filler file until only ``leave`` bytes are free (with ``leave=0``: until
+        the filesystem refuses more); returns how much it wrote."""
         written = 0
         block = b"\0" * 65536
+        # tmpfs hands out whole pages: below a page, only "until refused" makes sense.
+        sizes = (65536, 4096) if leave else (65536, 4096, 512, 1)
         with open(self.filler, "ab", buffering=0) as out:
-            for size in (65536, 4096, 512, 1):
-                while True:
+            for size in sizes:
+                while not leave or self.free_bytes() - size >= leave:
                     try:
                         written += out.write(block[:size])
                     except OSError as exc:

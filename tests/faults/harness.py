@@ -4,12 +4,14 @@
 the way production runs them, with one difference: the agent reaches the server through
 a :class:`~tests.faults.proxy.TcpProxy`, so a test can break the network path too.
 
-Accounting does not trust the agent. The check is a shell script that, on every run,
-reads a fresh UUID from the kernel, appends it to a ledger file and prints it. At the end
-the UUIDs in the ledger (every run that happened) are compared with the UUIDs in the
-outputs stored in PostgreSQL (read with SQL, not through the API): each run must be
-stored exactly once, or be one of the results the agent says it had to drop (its bounded
-spool counts them, and the count travels in its status file and heartbeats).
+Accounting does not trust the agent. Each of a few checks (every second) is a shell
+script that, on every run, reads a fresh UUID from the kernel, appends its check id and
+that UUID to a ledger file and prints the UUID. At the end the ledger (every run that
+happened on the host) is compared with the rows stored in PostgreSQL (read with SQL, not
+through the API), as (check id, UUID) pairs: each run must be stored exactly once under
+its own check, or be one of the results the agent says it had to drop (its bounded spool
+counts them, and the count travels in its status file and heartbeats); no row may be a
+run that did not happen.
 """
 
 from __future__ import annotations
@@ -36,14 +38,14 @@ from tests.integration.processes import LiveAgent, LiveWorker, write_agent_confi
 from tests.support.services import PostgresServer, RedisServer, libpq_url
 
 RUN_OUTPUT = re.compile(r"\brun ([0-9a-f-]{36})\b")
-CHECK_ID = "ledger"
+CHECK_IDS = ("ledger-a", "ledger-b", "ledger-c")
 # Built-ins only (``read``, ``echo``): the run forks nothing, so under load it stays far
 # inside its one-second timeout, and a run is either in the ledger with its output or
 # not at all... except when it is killed between the two lines, which a timeout would do
 # (the accounting reports such results by their status).
 LEDGER_SCRIPT = """#!/bin/sh
 read -r run_id < /proc/sys/kernel/random/uuid
-echo "$run_id" >> {ledger}
+echo "$1 $run_id" >> {ledger}
 echo "run $run_id"
 """
 # The server's log line for a request that failed with an unexpected error (a 500).
@@ -103,33 +105,38 @@ class FaultSystem:
     # -- set-up -----------------------------------------------------------------------
 
     def start_checks(self, *, interval: str = "1s", timeout: str = "1s") -> None:
-        """Assign the ledger check to the agent and wait for its first stored results."""
+        """Assign the ledger checks to the agent and wait for their first stored results."""
         script = self.plugin_dir / "ledger.sh"
         script.write_text(LEDGER_SCRIPT.format(ledger=self.ledger_path))
         script.chmod(0o755)
-        self.admin.create_check(CHECK_ID, [str(script)], target_id=self.agent_id,
-                                interval=interval, timeout=timeout)
-        wait_for(lambda: len(self.stored_outputs()) >= 3, 30, "the first stored results")
+        for check_id in CHECK_IDS:
+            self.admin.create_check(check_id, [str(script), check_id], target_id=self.agent_id,
+                                    interval=interval, timeout=timeout)
+        wait_for(lambda: len(self.stored_outputs()) >= 2 * len(CHECK_IDS), 30,
+                 "the first stored results")
 
     # -- observation ------------------------------------------------------------------
 
-    def ledger(self) -> list[str]:
-        return self.ledger_path.read_text().split()
+    def ledger(self) -> list[tuple[str, str]]:
+        """(check id, run UUID) of every run that happened, in order."""
+        lines = self.ledger_path.read_text().splitlines()
+        return [(check_id, run) for check_id, run in (line.split() for line in lines)]
 
-    def _rows(self) -> list[tuple[str, str, str]]:
+    def _rows(self) -> list[tuple[str, str, str, str]]:
+        """(result_id, check_id, status, output) of every stored result of the agent."""
         with psycopg.connect(libpq_url(self.server.database_url), connect_timeout=5) as conn:
             rows = conn.execute(
-                "SELECT result_id::text, status, output FROM check_results "
+                "SELECT result_id::text, check_id, status, output FROM check_results "
                 "WHERE target_id = %s", (self.agent_id,)).fetchall()
-        return [(str(a), str(b), str(c)) for a, b, c in rows]
+        return [(str(a), str(b), str(c), str(d)) for a, b, c, d in rows]
 
     def stored_outputs(self) -> list[str]:
-        """The run UUIDs in the stored outputs (one per stored result of the check)."""
+        """The run UUIDs in the stored outputs (one per stored result of a check)."""
         try:
             rows = self._rows()
         except psycopg.OperationalError:
             return []  # PostgreSQL is the fault being tested
-        return [m for _, _, output in rows for m in RUN_OUTPUT.findall(output)]
+        return [m for *_, output in rows for m in RUN_OUTPUT.findall(output)]
 
     def spool_depth(self) -> int | None:
         depth = self.agent.status().get("spool_depth")
@@ -170,22 +177,29 @@ class FaultSystem:
         runs = self.ledger()
         expected = Counter(runs)
         assert max(expected.values(), default=1) == 1, "the kernel made the same UUID twice?"
-        # Everything not dropped must arrive; the worker may still be storing.
+        # Everything not dropped must arrive; the worker may still be storing. Then
+        # nothing may be left in Redis that could still add a row (a late duplicate).
         wait_for(lambda: len(self.stored_outputs()) + dropped >= len(runs), settle_timeout,
                  f"{len(runs) - dropped} stored results", interval=0.5)
-        time.sleep(2)  # a duplicate arriving late must get its chance to show
+        with contextlib.closing(redis_client_for(self.server.redis_url)) as backlog:
+            wait_for(lambda: queued_batches(backlog) == 0, settle_timeout,
+                     "an empty ingest backlog", interval=0.5)
         rows = self._rows()
-        stored = Counter(m for _, _, output in rows for m in RUN_OUTPUT.findall(output))
+        stored = Counter((check_id, run) for _, check_id, _, output in rows
+                         for run in RUN_OUTPUT.findall(output))
+        result_ids = Counter(result_id for result_id, *_ in rows)
         missing = expected - stored
         return Accounting(
             runs=len(runs),
             stored_rows=len(rows),
             dropped_by_agent=dropped,
             missing=sum(missing.values()),
-            doubled={run: n for run, n in stored.items() if n > 1},
+            doubled={**{f"{c} {r}": n for (c, r), n in stored.items() if n > 1},
+                     **{rid: n for rid, n in result_ids.items() if n > 1}},
             unknown=sum((stored - expected).values()),
-            not_ok=[(status, output[:200]) for _, status, output in rows if status != "ok"],
-            figures={**self.figures, "final_spool_depth": final.get("spool_depth")},
+            not_ok=[(status, output[:200]) for _, _, status, output in rows if status != "ok"],
+            figures={**self.figures, "checks": len(CHECK_IDS),
+                     "final_spool_depth": final.get("spool_depth")},
         )
 
     def assert_exact(self, accounting: Accounting, *, dropped: str = "none") -> None:

@@ -1,13 +1,15 @@
 """A loopback TCP proxy whose path a test can cut and restore.
 
-The agent is pointed at the proxy instead of the server. Three states:
+The agent is pointed at the proxy instead of the server. Four states:
 
 * ``open``: bytes flow both ways;
 * ``replies_dropped``: what the client sends still reaches the server, but nothing comes
   back: the server accepts a batch and the agent never sees the 202 (a lost
   acknowledgement, the case that makes an agent resend what the server already has);
 * ``cut``: nothing flows either way; new connections are accepted and then ignored, as a
-  dead path looks to a client (its requests time out, they are not refused).
+  dead path looks to a client (its requests time out, they are not refused);
+* ``refused``: every live connection is reset at once and every new one is reset as soon
+  as it is accepted, as a firewall that rejects, or a host whose server is gone, looks.
 
 :meth:`TcpProxy.restore` goes back to ``open`` and resets every connection that lived
 through a fault: like a NAT or firewall that lost its state, those sessions do not
@@ -31,7 +33,8 @@ from tests.support.services import LOOPBACK
 OPEN = "open"
 REPLIES_DROPPED = "replies_dropped"
 CUT = "cut"
-STATES = (OPEN, REPLIES_DROPPED, CUT)
+REFUSED = "refused"
+STATES = (OPEN, REPLIES_DROPPED, CUT, REFUSED)
 
 _CHUNK = 65536
 _CONNECT_TIMEOUT = 2.0
@@ -48,6 +51,7 @@ class _Pair:
 class ProxyCounters:
     connections: int = 0
     refused_upstream: int = 0  # the server was not listening
+    refused: int = 0  # connections reset on arrival in the ``refused`` state
     bytes_up: int = 0
     bytes_down: int = 0
     dropped_up: int = 0  # bytes the fault swallowed, client to server
@@ -99,6 +103,10 @@ class TcpProxy:
         """Requests still reach the server; its replies are swallowed."""
         self._call(lambda: self._set_state(REPLIES_DROPPED))
 
+    def refuse(self) -> None:
+        """Reset every live connection, and every new one as soon as it arrives."""
+        self._call(lambda: self._set_state(REFUSED))
+
     def restore(self) -> None:
         """Open again; every connection that lived through the fault is reset."""
         self._call(self._restore)
@@ -138,6 +146,9 @@ class TcpProxy:
         if state != OPEN:
             for pair in self._pairs.values():
                 pair.faulted = True
+        if state == REFUSED:
+            for pair in {id(p): p for p in self._pairs.values()}.values():
+                self._drop_pair(pair, reset=True)
 
     def _restore(self) -> None:
         for pair in {id(p): p for p in self._pairs.values()}.values():
@@ -186,6 +197,10 @@ class TcpProxy:
         except BlockingIOError:
             return
         self.counters.connections += 1
+        if self.state == REFUSED:
+            self.counters.refused += 1
+            _reset(client)
+            return
         server: socket.socket | None = None
         if self.state != CUT:
             try:
