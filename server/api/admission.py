@@ -29,7 +29,7 @@ ALL = "all"
 REGISTRATION = "registration"
 # Seconds a refused client is told to wait, spread so that refused clients do not return
 # together.
-RETRY_AFTER_RANGE = (2, 10)
+RETRY_AFTER_RANGE = (5, 30)
 
 
 class Admission:
