@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import random
 import threading
+import time
 from collections.abc import Iterator
 
 from flask import current_app, g
@@ -45,9 +46,10 @@ class Admission:
 
     def acquire(self, kind: str) -> bool:
         """Take a place in each pool ``kind`` needs, waiting up to ``wait`` in all."""
+        deadline = time.monotonic() + self.wait
         taken: list[threading.BoundedSemaphore] = []
         for pool in self._pools_of(kind):
-            if not pool.acquire(timeout=self.wait):
+            if not pool.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 for held in taken:
                     held.release()
                 return False
