@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.scheduler import splay_offset
 from tests.integration.agent_system import AgentSystem, parse_time, running_system
 from tests.integration.live_server import LiveServer, alive
 from tests.integration.processes import processes_with_arg, wait_until
@@ -23,8 +24,24 @@ from tests.integration.processes import processes_with_arg, wait_until
 pytestmark = pytest.mark.integration
 
 TIMEOUT_S = 2
+INTERVAL_S = 600
 # A grandchild that sleeps for a day, ignoring SIGTERM; argv[1] is the marker.
 SLEEPER = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(86400)"
+#: The test is over well within this; a check's own first run must not come before.
+QUIET_SECONDS = 40.0
+
+
+def forced_only_check_id(agent_id: str, name: str) -> str:
+    """A check id whose first scheduled run, splayed by the agent, is QUIET_SECONDS away.
+
+    Only the forced runs may start during the test: a scheduled run starting while the
+    test looks for leftovers would leave a live grandchild behind for a good reason.
+    """
+    for attempt in range(1000):
+        check_id = f"{name}-{attempt}"
+        if splay_offset(agent_id, check_id, INTERVAL_S) >= QUIET_SECONDS:
+            return check_id
+    raise AssertionError("no check id with a late enough splay")
 
 
 @pytest.fixture
@@ -38,14 +55,16 @@ def test_hung_check_is_killed_with_its_grandchildren_and_reported_critical_in_ti
 ) -> None:
     marker = f"aami-hang-{uuid.uuid4().hex}"
     runs = system.shared_file("runs.txt")  # "plugin-pid grandchild-pid" per run
+    orphan, waiter = (forced_only_check_id(system.agent_id, name)
+                      for name in ("orphan-holds-stdout", "waits-for-grandchild"))
     plugins = {
-        "orphan-holds-stdout": system.write_plugin("orphan_holds_stdout", f"""
+        orphan: system.write_plugin("orphan_holds_stdout", f"""
 echo "plugin $$ started its grandchild"
 python3 -c '{SLEEPER}' {marker} &
 echo "$$ $!" >> {runs}
 exit 0
 """),
-        "waits-for-grandchild": system.write_plugin("waits_for_grandchild", f"""
+        waiter: system.write_plugin("waits_for_grandchild", f"""
 echo "plugin $$ waiting for its grandchild"
 python3 -c '{SLEEPER}' {marker} &
 echo "$$ $!" >> {runs}
@@ -53,8 +72,9 @@ wait
 """),
     }
     for check_id, path in plugins.items():
-        # A long interval: each runs once, when forced, rather than on its own schedule.
-        system.add_check(check_id, [path], interval="600s", timeout=f"{TIMEOUT_S}s")
+        # Each runs once, when forced: its own first run comes after the test is over.
+        system.add_check(check_id, [path], interval=f"{INTERVAL_S}s",
+                         timeout=f"{TIMEOUT_S}s")
     system.agent.wait_for_status(lambda s: set(plugins) <= set(s.get("checks", {})), 10,
                                  "both hanging checks scheduled")
     forced_at = time.time()
