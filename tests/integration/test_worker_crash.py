@@ -135,7 +135,10 @@ def test_worker_killed_mid_ingest_loses_and_doubles_nothing(
     second_worker.start()
     wait_until(lambda: table.count() >= TOTAL, timeout=180,
                what=f"all {TOTAL} results after the crash")
-    wait_for_ingest_to_settle(live_server)
+    # The dead worker may have committed its claim without getting to drop it: then every
+    # row is in, and the claim is let go only when its lease runs out (or RQ's retry of
+    # the dead job, which waits for the dead worker's scheduler lock, runs first).
+    wait_for_ingest_to_settle(live_server, timeout=backlog.LEASE_S + 30)
 
     assert_each_exactly_once(table, ids)
     assert second_worker.running
