@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -35,6 +36,9 @@ class AamiWorker(SimpleWorker):
     """
 
     CLAIM_MARGIN_S = 15
+    # Longest wait for RQ's clean-up once a stop was asked for. Its pub/sub teardown can
+    # block on a socket for good; by then the last job has committed, so exiting is safe.
+    TEARDOWN_LIMIT_S = 10.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -50,6 +54,13 @@ class AamiWorker(SimpleWorker):
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
         super().request_stop(signum, frame)
+
+    def teardown(self) -> None:
+        if self.stopping:
+            watchdog = threading.Timer(self.TEARDOWN_LIMIT_S, _exit_after_stuck_teardown)
+            watchdog.daemon = True  # never cancelled: the process exits soon either way
+            watchdog.start()
+        super().teardown()
 
     @property
     def dequeue_timeout(self) -> int:
@@ -134,6 +145,15 @@ def run_worker(
 # longer than RESTART_RESET_S before stopping starts again after the first delay.
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
 RESTART_RESET_S = 60
+
+
+def _exit_after_stuck_teardown() -> None:
+    log.warning(
+        "worker clean-up did not finish; exiting without it",
+        extra={"limit_s": AamiWorker.TEARDOWN_LIMIT_S},
+    )
+    logging.shutdown()
+    os._exit(0)
 
 
 def _let_go(worker: AamiWorker) -> None:
