@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -364,6 +365,46 @@ def test_cli_exits_2_with_the_message_and_no_traceback(
     assert proc.returncode == 2, proc.stderr
     assert fragment in proc.stderr
     assert str(path) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+# The id file and the bootstrap token are read only when the agent starts: these cases go
+# through `aami-agent run` as a process too. The server address is never contacted: each
+# stops before any network call.
+@pytest.mark.parametrize(
+    ("command", "agent_block", "server_extra", "prepare", "fragment"),
+    [
+        ("run", "{id_file: agent-id, state_dir: state}", ", bootstrap_token: t",
+         lambda d: (d / "agent-id").write_text("not-a-uuid\n"),
+         "agent.id_file: {d}/agent-id does not hold a valid UUID"),
+        ("id", "{id_file: agent-id, state_dir: state}", "",
+         lambda d: (d / "agent-id").write_text("12345\n"),
+         "agent.id_file: {d}/agent-id does not hold a valid UUID"),
+        ("run", "{id_file: agent-id, state_dir: state}", ", bootstrap_token: t",
+         lambda d: (d / "agent-id").mkdir(),
+         "agent.id_file: {d}/agent-id cannot be read"),
+        ("run", "{id_file: agent-id, state_dir: state}", "",
+         lambda d: None,
+         "server.bootstrap_token: the agent is not registered yet"),
+        ("run", "{id_file: agent-id, state_dir: state}", ", bootstrap_token_file: gone",
+         lambda d: None,
+         "server.bootstrap_token_file: cannot read"),
+    ],
+    ids=["run-invalid-id", "id-invalid-id", "run-unreadable-id", "run-no-token",
+         "run-token-file-missing"],
+)
+def test_cli_exits_2_for_a_bad_id_file_or_a_missing_token(
+    tmp_path: Path, command: str, agent_block: str, server_extra: str,
+    prepare: Callable[[Path], object], fragment: str,
+) -> None:
+    prepare(tmp_path)
+    server = "{address: 'http://127.0.0.1:9'" + server_extra + "}"
+    path = write(tmp_path, f"server: {server}\nagent: {agent_block}\n")
+    proc = subprocess.run([*_aami_agent(), command, "-c", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert fragment.format(d=tmp_path) in proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
 
