@@ -31,13 +31,16 @@ import stat
 import subprocess
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Protocol
 
 from agent.durations import format_duration
 from agent.model import CheckResult, CheckSpec, ResourceLimits, status_for_exit_code
 from agent.perfdata import parse_plugin_output
 from agent.sandbox import CheckUser, make_preexec
+from agent.spawner import Spawner, SpawnerLost, SpawnerPool
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,47 @@ class _Refused(Exception):
     """The check cannot be started; the message says why, for the result output."""
 
 
+class _Child(Protocol):
+    """A running plugin, started by a spawner or by the executor itself."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait_until(self, deadline: float) -> bool: ...
+
+    def reap(self, timeout: float) -> bool: ...
+
+
+class _LocalChild:
+    """A plugin started by this process with ``subprocess.Popen``."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def wait_until(self, deadline: float) -> bool:
+        return _wait_exit(self.proc, deadline)
+
+    def reap(self, timeout: float) -> bool:
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+
 class Executor:
     """Runs CheckSpecs as subprocesses; safe to share between threads."""
 
@@ -99,9 +143,12 @@ class Executor:
         allow_shell: bool = False,
         user: CheckUser | None = None,
         no_new_privs: bool = False,
+        use_spawner: bool = True,
     ) -> None:
         """``user``: whom checks run as (None: as the agent); ``no_new_privs``: exec
-        grants no privileges to checks (set-user-ID programs run unprivileged)."""
+        grants no privileges to checks (set-user-ID programs run unprivileged);
+        ``use_spawner``: start plugins through spawner processes (agent/spawner.py), the
+        fast way, rather than forking the agent for each."""
         if output_limit_bytes < 1:
             raise ValueError(f"output_limit_bytes must be positive, got {output_limit_bytes}")
         # Resolved once: the allowed directories are root-owned and do not move at runtime.
@@ -111,6 +158,16 @@ class Executor:
         self._allow_shell = allow_shell
         self._user = user
         self._no_new_privs = no_new_privs
+        self._spawners = (SpawnerPool((user.uid, user.gid) if user is not None else None)
+                          if use_spawner else None)
+        if self._spawners is not None:
+            # An executor replaced on SIGHUP lets its spawners go once nothing uses it.
+            self._finalizer = weakref.finalize(self, self._spawners.close)
+
+    def close(self) -> None:
+        """Let the spawner processes go (running plugins are killed)."""
+        if self._spawners is not None:
+            self._spawners.close()
 
     @property
     def allowed_paths(self) -> tuple[str, ...]:
@@ -164,18 +221,54 @@ class Executor:
         except (OSError, AttributeError) as exc:  # no prctl in this libc
             raise _Refused(f"cannot set no_new_privs (checks.no_new_privs): {exc}") from None
 
+        spawner = self._spawner_for(limits)
+        read_fd, write_fd = os.pipe()
+        try:
+            child = self._start(spawner, spec, path, argv, env, preexec, write_fd)
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        try:
+            return self._supervise(child, read_fd, spec, started)
+        finally:
+            # Whatever went wrong above, no plugin outlives its supervision.
+            if child.poll() is None:
+                _kill_group(child)
+            os.close(read_fd)
+
+    def _spawner_for(self, limits: ResourceLimits) -> Spawner | None:
+        if self._spawners is None:
+            return None
+        # The spawner switches to the check user itself (agent/spawn_server.py).
+        preexec = make_preexec(limits, no_new_privs=self._no_new_privs)
+        return self._spawners.get(limits, preexec, limits.cpu_seconds)
+
+    def _start(self, spawner: Spawner | None, spec: CheckSpec, path: str, argv: list[str],
+               env: dict[str, str], preexec: Callable[[], None], output_fd: int) -> _Child:
+        if spawner is not None:
+            try:
+                return spawner.spawn(path, argv, env, output_fd)
+            except SpawnerLost as exc:
+                log.warning("check %s: %s; starting it from the agent", spec.id, exc)
+            except OSError as exc:
+                raise self._cannot_execute(path, exc) from None
+        return self._start_here(path, argv, env, preexec, output_fd)
+
+    def _start_here(self, path: str, argv: list[str], env: dict[str, str],
+                    preexec: Callable[[], None], output_fd: int) -> _LocalChild:
         try:
             proc = subprocess.Popen(
                 argv,
                 executable=path,  # the vetted file; argv[0] stays as configured
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
+                stdout=output_fd,
+                stderr=output_fd,
                 env=env,
                 cwd="/",
                 start_new_session=True,
                 preexec_fn=preexec,
-                bufsize=0,
             )
         except subprocess.SubprocessError:
             # Only a failing preexec_fn raises this, and its own message is lost on the way.
@@ -185,16 +278,12 @@ class Executor:
                 f"{self._user.name if self._user else '(unchanged)'})"
             ) from None
         except OSError as exc:
-            who = f" as user {self._user.name}" if self._user is not None else ""
-            raise _Refused(f"cannot execute {path}{who}: {exc.strerror or exc}") from None
-        try:
-            return self._supervise(proc, spec, started)
-        finally:
-            # Whatever went wrong above, no plugin outlives its supervision.
-            if proc.returncode is None:
-                _kill_group(proc)
-            if proc.stdout is not None:
-                proc.stdout.close()
+            raise self._cannot_execute(path, exc) from None
+        return _LocalChild(proc)
+
+    def _cannot_execute(self, path: str, exc: OSError) -> _Refused:
+        who = f" as user {self._user.name}" if self._user is not None else ""
+        return _Refused(f"cannot execute {path}{who}: {exc.strerror or exc}")
 
     def _resolve(self, program: str) -> str:
         """The real path of ``program`` if it lies inside an allowed directory.
@@ -223,15 +312,19 @@ class Executor:
 
     def _supervise(
         self,
-        proc: subprocess.Popen[bytes],
+        proc: _Child,
+        fd: int,
         spec: CheckSpec,
         started: float,
     ) -> tuple[int, str, list[dict]]:
-        assert proc.stdout is not None
-        fd = proc.stdout.fileno()
         deadline = started + spec.timeout
         output = _CappedBuffer(self._output_limit)
-        finished = _read_until(fd, deadline, output) and _wait_exit(proc, deadline)
+        try:
+            finished = _read_until(fd, deadline, output) and proc.wait_until(deadline)
+        except SpawnerLost:
+            _kill_group(proc)
+            return EXIT_UNKNOWN, "UNKNOWN: the check's outcome is lost: the agent's " \
+                "spawner process exited while it ran", []
 
         if not finished:
             _kill_group(proc)
@@ -240,6 +333,7 @@ class Executor:
             message = f"CRITICAL: check timed out after {format_duration(spec.timeout)}"
             return EXIT_CRITICAL, f"{message}\n{text}" if text else message, []
 
+        assert proc.returncode is not None
         if proc.returncode < 0:
             name = _signal_name(-proc.returncode)
             text = output.text()
@@ -340,7 +434,7 @@ def _wait_exit(proc: subprocess.Popen[bytes], deadline: float) -> bool:
     return proc.poll() is not None
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def _kill_group(proc: _Child) -> None:
     """SIGTERM the plugin's process group, SIGKILL it after a grace period, reap the plugin."""
     pgid = proc.pid  # start_new_session: the plugin leads its own group
     _signal_group(pgid, signal.SIGTERM)
@@ -351,9 +445,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
             return
         time.sleep(0.01)
     _signal_group(pgid, signal.SIGKILL)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
+    if not proc.reap(5):
         # Only a process stuck in uninterruptible sleep (a dead NFS mount) survives SIGKILL.
         log.error("plugin pid %d did not exit after SIGKILL; leaving it", proc.pid)
 

@@ -69,6 +69,13 @@ class _SwappableExecutor:
     def run(self, spec: CheckSpec) -> CheckResult:
         return self.current.run(spec)
 
+    def close(self) -> None:
+        """Let the current executor's spawner processes go. One replaced by SIGHUP lets
+        its own go once the checks running in it are done with it."""
+        close = getattr(self.current, "close", None)
+        if close is not None:
+            close()
+
 
 def build_executor(config: Config) -> CheckRunner:
     checks = config.checks
@@ -266,6 +273,7 @@ class Agent:
             if thread.name != "aami-assignment":
                 thread.join(timeout=self.config.heartbeat.timeout + 1.0)
         self._final_flush()
+        self._executor.close()
         self.status.update(state="stopped", connected=False)
         self._write_status()
         self.spool.close()

@@ -15,9 +15,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import requests
-from requests.adapters import HTTPAdapter
-
 from agent.errors import (
     AuthError,
     Forbidden,
@@ -41,6 +38,7 @@ from agent.transport.base import (
     Rejection,
     TokenGrant,
 )
+from agent.transport.http_client import HTTPAdapter, requests
 
 if TYPE_CHECKING:
     from agent.config import Config

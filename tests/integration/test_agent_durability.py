@@ -76,10 +76,11 @@ def test_results_survive_a_server_outage_and_an_agent_restart_exactly_once(
     system: AgentSystem, record_property: Callable[[str, object], None]
 ) -> None:
     ledger_path = system.shared_file("ledger.txt")
-    # $PPID is the agent: the executor starts the plugin directly (no shell in between).
+    # $PPID is the agent's spawner (agent/spawner.py), whose parent is the agent.
     script = system.write_plugin("ledger", f"""
 run_id=$(cat /proc/sys/kernel/random/uuid)
-echo "$run_id $PPID $(date +%s.%N)" >> {ledger_path}
+agent_pid=$(cut -d' ' -f4 /proc/$PPID/stat)
+echo "$run_id $agent_pid $(date +%s.%N)" >> {ledger_path}
 echo "run $run_id"
 """)
     for check_id in CHECKS:
