@@ -231,7 +231,7 @@ class Executor:
         finally:
             os.close(write_fd)
         try:
-            return self._supervise(child, read_fd, spec, started)
+            return self._supervise(child, read_fd, spec, started, limits)
         finally:
             # Whatever went wrong above, no plugin outlives its supervision.
             if child.poll() is None:
@@ -316,6 +316,7 @@ class Executor:
         fd: int,
         spec: CheckSpec,
         started: float,
+        limits: ResourceLimits,
     ) -> tuple[int, str, list[dict]]:
         deadline = started + spec.timeout
         output = _CappedBuffer(self._output_limit)
@@ -338,6 +339,9 @@ class Executor:
             name = _signal_name(-proc.returncode)
             text = output.text()
             message = f"UNKNOWN: check was killed by signal {name}"
+            reason = _limit_reached(-proc.returncode, limits)
+            if reason:
+                message = f"{message}: {reason}"
             return EXIT_UNKNOWN, f"{message}\n{text}" if text else message, []
 
         human, perfdata = parse_plugin_output(output.text(with_marker=False))
@@ -500,6 +504,16 @@ def _build_env(extra: Mapping[str, str]) -> dict[str, str]:
             raise _Refused(f"environment variable {name} is not allowed for checks")
         env[name] = value
     return env
+
+
+def _limit_reached(signum: int, limits: ResourceLimits) -> str | None:
+    """Which resource limit a death by ``signum`` means, in words, if any: the kernel
+    sends SIGXCPU at the CPU limit and SIGXFSZ at the file size limit."""
+    if signum == signal.SIGXCPU and limits.cpu_seconds is not None:
+        return f"it used up its CPU time limit ({limits.cpu_seconds} s, cpu_seconds)"
+    if signum == signal.SIGXFSZ and limits.file_size_mb is not None:
+        return f"it wrote past its file size limit ({limits.file_size_mb} MB, file_size_mb)"
+    return None
 
 
 def _signal_name(signum: int) -> str:

@@ -1,8 +1,10 @@
-"""Resource limits (setrlimit) for check processes, applied in the child before exec.
+"""Resource limits (setrlimit) for check processes, applied before exec.
 
 The limits are set by a ``preexec_fn``, between fork and exec, so the plugin and everything
-it starts inherit them from its first instruction. Two cheaper routes were measured and
-rejected:
+it starts inherit them from its first instruction. That fork is of the agent's spawner
+(agent/spawner.py), once per set of limits, and the plugins inherit the limits from the
+spawner; only limits too small for the spawner's interpreter make the agent fork for
+every run (2x to 3.5x a bare spawn). Two other routes were measured and rejected:
 
 * ``prlimit(2)`` on the child right after ``Popen`` returns keeps ``subprocess`` on its
   ``vfork()`` fast path (~1.0x a bare ``Popen`` instead of 2x to 3.5x for a ``preexec_fn``,

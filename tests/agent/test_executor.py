@@ -404,7 +404,20 @@ def test_cpu_limit_kills_a_busy_loop(executor: Executor, make_plugin: MakePlugin
     result = executor.run(spec(path, timeout=10, limits=ResourceLimits(cpu_seconds=1)))
     assert time.monotonic() - started < 5
     assert (result.status, result.exit_code) == ("unknown", 3)
-    assert re.search(r"killed by signal SIG(XCPU|KILL)", result.output)
+    assert result.output == ("UNKNOWN: check was killed by signal SIGXCPU: it used up its "
+                             "CPU time limit (1 s, cpu_seconds)")
+
+
+def test_file_size_limit_stops_a_plugin_and_says_so(
+    executor: Executor, make_plugin: MakePlugin, tmp_path: Path
+) -> None:
+    target = tmp_path / "big"
+    path = make_plugin("writer", f"exec head -c 3145728 /dev/zero > {target}")
+    result = executor.run(spec(path, limits=ResourceLimits(file_size_mb=1)))
+    assert (result.status, result.exit_code) == ("unknown", 3)
+    assert result.output == ("UNKNOWN: check was killed by signal SIGXFSZ: it wrote past its "
+                             "file size limit (1 MB, file_size_mb)")
+    assert target.stat().st_size == 1024 * 1024
 
 
 def test_preexec_applies_the_same_limits_in_the_child() -> None:

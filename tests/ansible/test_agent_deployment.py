@@ -10,8 +10,6 @@ the server assigned to its labels. Everything is stopped and nothing is left run
 from __future__ import annotations
 
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +18,12 @@ import requests
 
 from tests.ansible.conftest import agent_variables
 from tests.ansible.playbooks import REPO, apply_role
-from tests.ansible.processes import DeployedAgent, EmbeddedServer, session_members
+from tests.ansible.processes import DeployedAgent, EmbeddedServer, session_members, wait_for
 from tests.support.services import skip_or_fail
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 CHECK_DUMMY = Path("/usr/lib/nagios/plugins/check_dummy")
-
-
-def wait_for(probe: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_deployed_agent_registers_with_its_install_time_id_and_reports_results(

@@ -14,20 +14,26 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from server.security.ca import init_ca, new_agent_key_pair, write_key_pair
-from tests.ansible.conftest import MtlsInstall, server_variables
+from tests.ansible.conftest import MtlsInstall, agent_variables, server_variables
 from tests.ansible.playbooks import apply_role
 from tests.ansible.processes import (
+    DeployedAgent,
     UnitService,
     clean_env,
     read_environment_file,
     session_members,
+    wait_for,
 )
+from tests.support.services import skip_or_fail
+
+CHECK_DUMMY = Path("/usr/lib/nagios/plugins/check_dummy")
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -174,6 +180,103 @@ def test_api_started_from_its_unit_enrolls_agents_and_binds_them_to_certificates
         api.stop()
         api.close()
     assert api.session_id is not None and session_members(api.session_id) == [], api.log_text()
+
+
+def test_policy_key_is_made_once_on_the_host_and_stays_private(
+    server_mtls_install: MtlsInstall,
+) -> None:
+    install = server_mtls_install
+    key_file = install.root / "etc/aami-server/policy.key"
+    assert oct(stat.S_IMODE(key_file.stat().st_mode)) == "0o600"
+    env = read_environment_file(install.root / "etc/aami-server/aami-server.env")
+    assert env["AAMI_POLICY_KEY_FILE"] == str(key_file)
+    task = "aami_server : Create the policy signing key on this host"
+    assert task in install.first.changed_tasks()
+    assert task not in install.second.changed_tasks()  # the key is never replaced
+
+
+def test_role_deployed_agent_enrolls_and_runs_signed_policies_from_the_role_deployed_server(
+    server_mtls_install: MtlsInstall, wheel: Path, tmp_path: Path
+) -> None:
+    """Both roles together, as ansible/site.yml applies them: the server's role made the
+    policy key and installed the CA's key; the agent's role writes server.tls.enroll and
+    server.policy_keys. The deployed agent registers with a CSR, gets its certificate,
+    and runs the check the server assigned it - which it would refuse unsigned, and which
+    reaches the server only through calls that need its certificate."""
+    if not CHECK_DUMMY.exists():
+        skip_or_fail(f"{CHECK_DUMMY} is missing (Debian: apt install monitoring-plugins)")
+    install = server_mtls_install
+    api = UnitService(
+        install.root / "etc/systemd/system/aami-server.service",
+        runtime_dir=tmp_path / "run",
+        port=int(str(install.variables["aami_server_port"])),
+    )
+    ca_cert = str(install.tls / "ca.crt")
+    base = f"https://127.0.0.1:{api.port}"
+    api.ready_url, api.ready_kwargs = f"{base}/readyz", {"verify": ca_cert}
+    public_key = _cli(install, "policy-key", "show")
+    bootstrap_token = _cli(install, "token", "create", "--name", "signed-e2e")
+    admin = {"Authorization": f"Bearer {_cli(install, 'admin-token', 'create', '--name', 'e2e')}"}
+    agent_root = tmp_path / "agent-root"
+    agent = DeployedAgent(agent_root, tmp_path / "agent-log")
+    try:
+        api.start()
+        created = requests.post(f"{base}/api/v1/checks", headers=admin, verify=ca_cert,
+                                timeout=30, json={
+            "id": "signed-dummy",
+            "name": "dummy check under a signed policy",
+            "command": [str(CHECK_DUMMY), "2", "signed and delivered"],
+            "interval": "2s",
+            "timeout": "2s",
+            "assign": {"labels": {"environment": "mtls-e2e"}},
+        })
+        assert created.status_code == 201, created.text
+
+        run = apply_role("aami_agent", tmp_path / "ansible", agent_variables(
+            agent_root, wheel,
+            aami_server_url=base,
+            aami_bootstrap_token=bootstrap_token,
+            aami_tls_ca_cert=ca_cert,
+            aami_agent_tls_enroll=True,
+            aami_agent_policy_keys=[public_key],
+            aami_agent_labels={"environment": "mtls-e2e"},
+            aami_agent_heartbeat_interval="2s",
+            aami_agent_heartbeat_timeout="30s",
+            aami_agent_log_format="text",
+            aami_agent_config_extra={"results": {"flush_interval": "500ms"}},
+        ))
+        assert run.returncode == 0, run.output_tail()
+        config = yaml.safe_load((agent_root / "etc/aami/agent.yaml").read_text())
+        assert config["server"]["policy_keys"] == [public_key]
+        assert config["server"]["tls"]["enroll"] is True
+
+        agent.start()
+
+        def check_state() -> dict[str, Any] | None:
+            targets = requests.get(f"{base}/api/v1/targets", headers=admin, verify=ca_cert,
+                                   timeout=30).json()
+            for target in targets:
+                states = requests.get(f"{base}/api/v1/targets/{target['id']}/checks",
+                                      headers=admin, verify=ca_cert, timeout=30).json()
+                for state in states:
+                    if state["check_id"] == "signed-dummy":
+                        return state
+            return None
+
+        try:
+            state = wait_for(check_state, 90, "a result of the signed check")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nagent log:\n{agent.log_text()[-3000:]}") from None
+        assert (state["status"], state["exit_code"]) == ("critical", 2)
+        assert "signed and delivered" in state["output"]
+        enrolled = agent_root / "var/lib/aami/agent.crt"
+        assert enrolled.is_file(), sorted(p.name for p in enrolled.parent.iterdir())
+        assert "refused" not in agent.log_text()
+    finally:
+        agent.stop()
+        api.stop()
+        api.close()
+    assert agent.session_id is not None and session_members(agent.session_id) == []
 
 
 def _refusal(tmp_path: Path, wheel: Path, overrides: dict[str, object]) -> tuple[str, str]:
