@@ -102,9 +102,24 @@ def apply_role(
     - role: {role}
 """
     )
-    extra_vars = workdir / f"{role}-vars.json"
+    return run_playbook(playbook, workdir, "localhost,", variables, name=role, tags=tags)
+
+
+def run_playbook(
+    playbook: Path,
+    workdir: Path,
+    inventory: str,
+    variables: Mapping[str, Any],
+    *,
+    name: str,
+    tags: str | None = None,
+) -> PlaybookRun:
+    """``ansible-playbook -i INVENTORY PLAYBOOK -e @VARS`` in ``workdir``, isolated from
+    the developer's Ansible settings; ``name`` names the extra-vars file."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    extra_vars = workdir / f"{name}-vars.json"
     extra_vars.write_text(json.dumps(dict(variables), indent=2))
-    argv = [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", str(playbook), "-e", f"@{extra_vars}"]
+    argv = [str(ANSIBLE_PLAYBOOK), "-i", inventory, str(playbook), "-e", f"@{extra_vars}"]
     done = subprocess.run(
         argv + (["--tags", tags] if tags else []),
         env=ansible_env(workdir),
