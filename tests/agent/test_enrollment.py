@@ -13,21 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from agent.config import load_config
 from agent.enrollment import CertificateManager, EnrollmentError, default_ca_bundle
 from agent.errors import RegistrationRejected, RequestRejected, RetryLater, TransportError
 from agent.runner import Agent
 from agent.transport.base import IssuedCertificate
+from server.security.ca import CertificateAuthority, init_ca  # noqa: E402
 from tests.agent.fakes import FakeServer, FakeTransport, wait_for
 from tests.agent.test_runner import fast_backoff, write_config
-
-x509 = pytest.importorskip("cryptography.x509")
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
-
-from server.security.ca import CertificateAuthority, init_ca  # noqa: E402
 
 AGENT_ID = "6f1c2e9a-3b7d-4c1e-9f00-1234567890ab"
 DAY = 86400.0

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from agent.assignment import AssignmentCache
 from agent.config import load_config
@@ -18,11 +19,9 @@ from agent.errors import AgentError
 from agent.policy import PolicyRejected, PolicyVerifier, canonical_bytes, key_id
 from agent.runner import Agent, check_once
 from agent.transport.base import Assignment, PolicySignature
+from server.security import policy as server_policy
 from tests.agent.fakes import FakeServer, wait_for
 from tests.agent.test_runner import check, fast_backoff, write_config
-
-ed25519 = pytest.importorskip("cryptography.hazmat.primitives.asymmetric.ed25519")
-from server.security import policy as server_policy  # noqa: E402  (needs cryptography)
 
 TARGET = "6f1c2e9a-3b7d-4c1e-9f00-1234567890ab"
 CHECKS = [{"id": "disk", "name": "Disk ✓ «space»",

@@ -17,27 +17,25 @@ import pkgutil
 from typing import Any
 
 import pytest
-
-schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is a dev dependency")
-
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
-from schemathesis.specs.openapi.checks import (  # noqa: E402
+import schemathesis
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
 
-import server.api  # noqa: E402
-from server import create_app  # noqa: E402
-from server.api.openapi import build_spec  # noqa: E402
-from server.db import get_database  # noqa: E402
-from server.security.ca import init_ca  # noqa: E402
-from server.services import tokens  # noqa: E402
+import server.api
+from server import create_app
+from server.api.openapi import build_spec
+from server.db import get_database
+from server.security.ca import init_ca
+from server.services import tokens
 
 # Bounded and derandomized for the suite (about half a minute); FUZZ_EXAMPLES=500 runs a
 # longer, random exploration.
