@@ -179,7 +179,7 @@ class Executor:
         started = time.monotonic()
         executed_at = iso_utc(time.time())
         try:
-            exit_code, output, perfdata = self._run(spec, started)
+            exit_code, output, perfdata = self._run(spec)
         except _Refused as exc:
             exit_code, output, perfdata = EXIT_UNKNOWN, f"UNKNOWN: {exc}", []
         except Exception as exc:
@@ -196,7 +196,7 @@ class Executor:
             executed_at=executed_at,
         )
 
-    def _run(self, spec: CheckSpec, started: float) -> tuple[int, str, list[dict]]:
+    def _run(self, spec: CheckSpec) -> tuple[int, str, list[dict]]:
         if not spec.command:
             raise _Refused("empty command")
         if not all(isinstance(arg, str) and "\0" not in arg for arg in spec.command):
@@ -231,7 +231,9 @@ class Executor:
         finally:
             os.close(write_fd)
         try:
-            return self._supervise(child, read_fd, spec, started, limits)
+            # The timeout is the plugin's: from its start, not from when the agent began
+            # to prepare it (a first run may wait for its spawner to start).
+            return self._supervise(child, read_fd, spec, time.monotonic(), limits)
         finally:
             # Whatever went wrong above, no plugin outlives its supervision.
             if child.poll() is None:
