@@ -21,8 +21,11 @@ RESULT_BATCH_SIZE = 100
 MAX_RESULT_BATCH_SIZE = 500  # the server refuses bigger batches
 FLUSH_INTERVAL = 2.0
 
-# Long-poll for the check assignment: the server holds the request up to this long.
-LONG_POLL_WAIT = 30.0
+# Long-poll for the check assignment: the server holds the request up to this long. Just
+# under the server's cap (AAMI_LONGPOLL_MAX_WAIT, 60 s) and the 60 s idle timeout common
+# to proxies and load balancers; a fleet's polls are a large share of its calls, so the
+# longer the wait, the fewer calls a server answers for nothing.
+LONG_POLL_WAIT = 55.0
 # After a long-poll that returned early with "not modified", pause before polling again:
 # the server wakes waiters when a command is queued, and that command is collected by the
 # heartbeat, so polling again at once would only spin until the heartbeat has run.

@@ -67,7 +67,7 @@ class FleetConfig:
     check_ids: list[str]
     heartbeat_interval: float = 30.0
     results_interval: float = 60.0
-    poll_wait: float = 30.0
+    poll_wait: float = 55.0
     labels: dict[str, str] = field(default_factory=lambda: {"fleet": "sim"})
     seed: int = 1
 

@@ -51,8 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="seconds between heartbeats; also the server's setting (30)")
     fleet.add_argument("--results-interval", type=float, default=60.0,
                        help="seconds between result batches (one result per check) (60)")
-    fleet.add_argument("--poll-wait", type=float, default=30.0,
-                       help="?wait= of the assignment long-poll, as aami-agent (30)")
+    fleet.add_argument("--poll-wait", type=float, default=55.0,
+                       help="?wait= of the assignment long-poll, as aami-agent (55)")
     fleet.add_argument("--ramp-rate", type=float, default=100.0,
                        help="new agents started per second when a step grows the fleet (100)")
     fleet.add_argument("--warmup", type=float, default=45.0,
