@@ -56,7 +56,10 @@ def test_configuration_holds_every_documented_key_inside_the_prefix(
     config = yaml.safe_load((root / "etc/aami/agent.yaml").read_text())
     assert config["server"]["address"] == "http://127.0.0.1:9"
     assert config["server"]["bootstrap_token_file"] == f"{root}/etc/aami/bootstrap-token"
-    assert set(config["server"]["tls"]) == {"enabled", "ca_cert", "client_cert", "client_key"}
+    assert config["server"]["tls"] == {"enabled": False, "ca_cert": "", "client_cert": "",
+                                       "client_key": "", "enroll": False}
+    # No policy keys given: the key is left out, not written empty.
+    assert "policy_keys" not in config["server"]
     assert config["agent"] == {
         "id_file": f"{root}/etc/aami/agent-id",
         "hostname": "",
