@@ -59,7 +59,7 @@ def proc_status(pid: int) -> dict[str, str]:
 def alive(pid: int) -> bool:
     try:
         state = proc_status(pid).get("State", "")
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before or while it was read
         return False
     return not state.startswith("Z")
 
