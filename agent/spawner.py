@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import functools
 import itertools
 import logging
 import marshal
@@ -29,7 +30,14 @@ from agent.spawn_server import EXITED, FAILED, READY, REPLY, RETIRING, SPAWNED
 log = logging.getLogger(__name__)
 
 _INTERPRETER = sys.executable
-_SOURCE = Path(__file__).with_name("spawn_server.py").read_text(encoding="utf-8")
+
+
+@functools.cache
+def _source() -> str:
+    """The spawner's program, read when the first spawner starts (not at import)."""
+    return Path(__file__).with_name("spawn_server.py").read_text(encoding="utf-8")
+
+
 #: How long a new spawner may take to say it is ready (an interpreter start-up).
 START_TIMEOUT_S = 10.0
 #: How long the spawner may take to answer a spawn request.
@@ -90,7 +98,7 @@ class Spawner:
         uid, gid = user if user is not None else (-1, -1)
         try:
             self._process = subprocess.Popen(
-                [_INTERPRETER, "-I", "-S", "-c", _SOURCE, str(theirs.fileno()),
+                [_INTERPRETER, "-I", "-S", "-c", _source(), str(theirs.fileno()),
                  str(cpu_budget), str(uid), str(gid)],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,

@@ -11,8 +11,7 @@ import pwd
 import re
 import shutil
 import stat
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,15 +30,6 @@ NOBODY = pwd.getpwnam("nobody") if "nobody" in {p.pw_name for p in pwd.getpwall(
 needs_nobody = pytest.mark.skipif(NOBODY is None, reason="no user nobody here")
 
 MakePlugin = Callable[..., str]
-
-
-@pytest.fixture
-def plugin_dir() -> Iterator[Path]:
-    """A directory an unprivileged user can traverse (pytest's own tmp is 0700)."""
-    directory = Path(tempfile.mkdtemp(prefix="aami-sandbox-"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory)
 
 
 @pytest.fixture

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,15 +21,6 @@ from agent.spawner import Spawner, SpawnerPool
 
 pytestmark = pytest.mark.timeout(60)
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
-
-
-@pytest.fixture
-def plugin_dir() -> Iterator[Path]:
-    """A directory an unprivileged user can traverse (pytest's own tmp is 0700)."""
-    directory = Path(tempfile.mkdtemp(prefix="aami-spawner-"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory)
 
 
 def plugin(directory: Path, name: str, body: str) -> str:

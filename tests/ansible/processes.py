@@ -14,8 +14,6 @@ import os
 import shlex
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,18 +29,6 @@ def clean_env(settings: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AAMI_")}
     env.update(settings or {})
     return env
-
-
-def wait_for(probe: Callable[[], Any], timeout: float, what: str) -> Any:
-    """The first true value ``probe`` returns; AssertionError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def session_members(session_id: int) -> list[int]:

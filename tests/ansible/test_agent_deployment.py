@@ -18,7 +18,8 @@ import requests
 
 from tests.ansible.conftest import agent_variables
 from tests.ansible.playbooks import REPO, apply_role
-from tests.ansible.processes import DeployedAgent, EmbeddedServer, session_members, wait_for
+from tests.ansible.processes import DeployedAgent, EmbeddedServer, session_members
+from tests.integration.processes import wait_until
 from tests.support.services import skip_or_fail
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -80,7 +81,7 @@ def test_deployed_agent_registers_with_its_install_time_id_and_reports_results(
             return mine[0] if mine and mine[0]["status"] == "online" else None
 
         try:
-            online = wait_for(target, 60, f"target {agent_id} online")
+            online = wait_until(target, 60, f"target {agent_id} online")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\nagent log:\n{agent.log_text()[-3000:]}") from None
         assert online["labels"] == {"environment": "e2e", "deployed_by": "ansible"}
@@ -93,7 +94,7 @@ def test_deployed_agent_registers_with_its_install_time_id_and_reports_results(
             return states[0] if states else None
 
         try:
-            state = wait_for(check_state, 60, "a result of the assigned check")
+            state = wait_until(check_state, 60, "a result of the assigned check")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\nagent log:\n{agent.log_text()[-3000:]}") from None
         assert state["status"] == "warning"

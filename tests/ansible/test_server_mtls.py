@@ -29,8 +29,8 @@ from tests.ansible.processes import (
     clean_env,
     read_environment_file,
     session_members,
-    wait_for,
 )
+from tests.integration.processes import wait_until
 from tests.support.services import skip_or_fail
 
 CHECK_DUMMY = Path("/usr/lib/nagios/plugins/check_dummy")
@@ -264,7 +264,7 @@ def test_role_deployed_agent_enrolls_and_runs_signed_policies_from_the_role_depl
             return None
 
         try:
-            state = wait_for(check_state, 90, "a result of the signed check")
+            state = wait_until(check_state, 90, "a result of the signed check")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\nagent log:\n{agent.log_text()[-3000:]}") from None
         assert (state["status"], state["exit_code"]) == ("critical", 2)
