@@ -14,11 +14,16 @@ from server.errors import AamiError, SettingsError
 from server.settings import Settings, load_settings
 
 
-def _settings() -> Settings:
+def _settings(*, signing_key: bool = True) -> Settings:
     try:
-        return load_settings()
+        return load_settings(signing_key=signing_key)
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _admin_settings() -> Settings:
+    """Settings for commands that sign no tokens: they make no secret key either."""
+    return _settings(signing_key=False)
 
 
 def prepare_embedded_database(settings: Settings) -> None:
@@ -34,7 +39,7 @@ def prepare_embedded_database(settings: Settings) -> None:
 def _session() -> Iterator[Session]:
     from server.db import Database
 
-    settings = _settings()
+    settings = _admin_settings()
     prepare_embedded_database(settings)
     database = Database(settings.database_url())
     try:
@@ -252,7 +257,7 @@ def db_upgrade(revision: str) -> None:
     """Apply migrations up to REVISION (default: the newest)."""
     from server import migrate
 
-    settings = _settings()
+    settings = _admin_settings()
     migrate.upgrade(settings.database_url(), revision)
     click.echo(f"database at revision {migrate.current(settings.database_url())}")
 
@@ -263,7 +268,7 @@ def db_downgrade(revision: str) -> None:
     """Revert migrations down to REVISION ('base' empties the schema)."""
     from server import migrate
 
-    migrate.downgrade(_settings().database_url(), revision)
+    migrate.downgrade(_admin_settings().database_url(), revision)
 
 
 @db.command("current")
@@ -271,7 +276,8 @@ def db_current() -> None:
     """Print the schema revision of the database."""
     from server import migrate
 
-    click.echo(migrate.current(_settings().database_url()) or "empty (run: aami-server db upgrade)")
+    revision = migrate.current(_admin_settings().database_url())
+    click.echo(revision or "empty (run: aami-server db upgrade)")
 
 
 @main.group()
@@ -478,7 +484,7 @@ def ca_init(name: str, days: int) -> None:
     """Create the CA in AAMI_CA_DIR (default AAMI_DATA_DIR/ca); prints the CA certificate path."""
     from server.security.ca import CA_CERT_FILE, CaError, init_ca
 
-    directory = _settings().ca_dir()
+    directory = _admin_settings().ca_dir()
     try:
         authority = init_ca(directory, name=name, days=days)
     except CaError as exc:
@@ -510,7 +516,8 @@ def ca_issue_server(hosts: tuple[str, ...], out_dir: str, days: int) -> None:
     from server.security.ca import CaError, load_ca, serial_number, write_key_pair
 
     try:
-        key, certificate = load_ca(_settings().ca_dir()).issue_server_certificate(list(hosts), days)
+        authority = load_ca(_admin_settings().ca_dir())
+        key, certificate = authority.issue_server_certificate(list(hosts), days)
     except CaError as exc:
         raise click.ClickException(str(exc)) from None
     key_path, cert_path = write_key_pair(Path(out_dir), "server", key, certificate)
@@ -545,7 +552,7 @@ def ca_issue_agent(agent_id: str, out_dir: str, days: int) -> None:
     )
 
     try:
-        key, certificate = new_agent_key_pair(load_ca(_settings().ca_dir()), agent_id, days)
+        key, certificate = new_agent_key_pair(load_ca(_admin_settings().ca_dir()), agent_id, days)
     except CaError as exc:
         raise click.ClickException(str(exc)) from None
     key_path, cert_path = write_key_pair(Path(out_dir), "agent", key, certificate)
@@ -567,7 +574,7 @@ def policy_key_create() -> None:
     """Create the key in AAMI_POLICY_KEY_FILE; prints the public key for agent configs."""
     from server.security.policy import PolicyKeyError, create_policy_key, public_key_text
 
-    path = _settings().policy_key_path()
+    path = _admin_settings().policy_key_path()
     try:
         key = create_policy_key(path)
     except PolicyKeyError as exc:
@@ -584,7 +591,7 @@ def policy_key_show() -> None:
     from server.security.policy import PolicyKeyError, load_policy_key, public_key_text
 
     try:
-        click.echo(public_key_text(load_policy_key(_settings().policy_key_path())))
+        click.echo(public_key_text(load_policy_key(_admin_settings().policy_key_path())))
     except PolicyKeyError as exc:
         raise click.ClickException(str(exc)) from None
 

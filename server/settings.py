@@ -253,9 +253,17 @@ def _generated_secret_key(data_dir: str) -> str:
 
 
 def load_settings(
-    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    signing_key: bool = True,
 ) -> Settings:
-    """Defaults, then the environment, then ``overrides`` (tests); validated."""
+    """Defaults, then the environment, then ``overrides`` (tests); validated.
+
+    ``signing_key=False`` is for commands that never sign or verify a token (database,
+    CA and policy-key administration): they neither need AAMI_SECRET_KEY nor make one
+    in DATA_DIR, wherever they happen to run.
+    """
     values = _from_environment(os.environ if environ is None else environ)
     for key, value in (overrides or {}).items():
         if key not in _FIELD_TYPES:
@@ -264,7 +272,7 @@ def load_settings(
     coerced = {name: _coerce(name, raw) for name, raw in values.items()}
     settings = replace(Settings(), **coerced)
     _validate(settings)
-    if not settings.SECRET_KEY:
+    if not settings.SECRET_KEY and signing_key:
         if not settings.embedded:
             raise SettingsError(
                 f"{ENV_PREFIX}SECRET_KEY (or {ENV_PREFIX}SECRET_KEY_FILE) is required when "

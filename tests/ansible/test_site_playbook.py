@@ -101,3 +101,7 @@ def test_site_hands_the_servers_policy_key_to_the_agents_and_guards_it(
     assert "PLAY [Roll the AAMI agent out to the fleet]" not in wrong.stdout
     # The agents kept what they had.
     assert yaml.safe_load((root / "etc/aami/agent.yaml").read_text()) == config
+    # Nothing landed outside the prefix where the modules ran (the playbook's directory
+    # and Ansible's working directory), such as a server signing key made by a CLI call.
+    strays = [path for path in (SITE.parent / "var", workdir / "var") if path.exists()]
+    assert strays == []

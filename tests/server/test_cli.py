@@ -208,3 +208,22 @@ def test_bad_setting_exits_without_a_traceback_in_a_real_process(data_dir):
     assert done.stderr.strip().count("\n") == 0
     assert "AAMI_LOG_LEVEL" in done.stderr
     assert done.stdout == ""
+
+
+def test_administration_commands_make_no_signing_key(cli, data_dir, tmp_path):
+    """CA, policy-key, token and db commands sign nothing, so wherever an operator or
+    Ansible runs them they leave no AAMI_SECRET_KEY file behind; only the server makes it."""
+    ca_dir, key_file = tmp_path / "ca", tmp_path / "policy.key"
+    env = {"AAMI_CA_DIR": str(ca_dir), "AAMI_POLICY_KEY_FILE": str(key_file)}
+    cli("db", "upgrade")
+    cli("ca", "init", env=env)
+    cli("policy-key", "create", env=env)
+    shown = cli("policy-key", "show", env=env)
+    cli("token", "create", "--name", "t")
+    assert (ca_dir / "ca.crt").exists()
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert shown.stdout.strip()
+    assert not (data_dir / "secret_key").exists()
+
+    create_app({"LOG_LEVEL": "warning"})
+    assert (data_dir / "secret_key").stat().st_mode & 0o777 == 0o600

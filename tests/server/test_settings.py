@@ -248,3 +248,10 @@ def test_trusted_proxies_accept_addresses_and_networks(tmp_path):
         "192.168.0.0/16",
         "::1/128",
     ]
+
+
+def test_settings_without_a_signing_key_make_no_key_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(environ={}, signing_key=False)
+    assert settings.SECRET_KEY == ""
+    assert not (tmp_path / "var").exists()
