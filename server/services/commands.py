@@ -10,6 +10,9 @@ import redis
 
 from server.services import notify
 
+# Commands one reply carries at most; the rest wait for the agent's next call.
+MAX_PER_REPLY = 100
+
 
 def _key(agent_id: str) -> str:
     return f"aami:commands:{agent_id}"
@@ -35,12 +38,14 @@ def has_commands(client: redis.Redis, agent_id: str) -> bool:
 
 
 def take_commands(client: redis.Redis, agent_id: str) -> list[dict[str, Any]]:
-    """Pop every pending command atomically, so two replies never carry the same one."""
-    with client.pipeline(transaction=True) as pipe:
-        pipe.lrange(_key(agent_id), 0, -1)
-        pipe.delete(_key(agent_id))
-        raw, _ = pipe.execute()
-    return [json.loads(item) for item in raw]
+    """Pop the oldest pending commands (up to :data:`MAX_PER_REPLY`) in one atomic LPOP,
+    so two replies never carry the same one."""
+    return decode_taken(client.lpop(_key(agent_id), MAX_PER_REPLY))
+
+
+def decode_taken(raw: Any) -> list[dict[str, Any]]:
+    """The reply of ``LPOP key count`` (nil when the queue was empty) as commands."""
+    return [json.loads(item) for item in raw or ()]
 
 
 def give_back(client: redis.Redis, agent_id: str, taken: list[dict[str, Any]]) -> None:

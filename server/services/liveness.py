@@ -34,18 +34,16 @@ def beat(
     client: redis.Redis, agent_id: str, facts: dict[str, Any]
 ) -> tuple[str | None, list[dict[str, Any]]]:
     """A heartbeat's Redis work in one round trip: :func:`record_heartbeat`, and the
-    agent's pending commands taken (atomically: two replies never carry the same one).
-    Returns (the status Redis last knew, the commands)."""
+    agent's oldest pending commands taken by one LPOP (atomic: two replies never carry the
+    same one). Returns (the status Redis last knew, the commands)."""
     now = time.time()
-    queued = commands.queue_key(agent_id)
-    with client.pipeline(transaction=True) as pipe:
+    with client.pipeline(transaction=False) as pipe:
         pipe.zadd(LAST_SEEN_KEY, {agent_id: now})
         pipe.hset(FACTS_KEY, agent_id, json.dumps({**facts, "received_at": now}))
         pipe.hget(STATUS_KEY, agent_id)
-        pipe.lrange(queued, 0, -1)
-        pipe.delete(queued)
-        _, _, status, raw, _ = pipe.execute()
-    return (status.decode() if status else None), [json.loads(item) for item in raw]
+        pipe.lpop(commands.queue_key(agent_id), commands.MAX_PER_REPLY)
+        _, _, status, raw = pipe.execute()
+    return (status.decode() if status else None), commands.decode_taken(raw)
 
 
 def remember_status(client: redis.Redis, agent_id: str, status: str) -> None:

@@ -57,3 +57,16 @@ def test_a_heartbeat_reply_hands_each_command_over_once(app, client, register):
                                                                 "check_id": "disk"})
     handed = [_beat(client, agent).get_json()["commands"] for _ in range(beats)]
     assert handed == [[command]] + [[]] * (beats - 1)
+
+
+def test_a_long_command_queue_is_handed_over_in_bounded_replies(app, client, register):
+    agent = register(agent_id=new_agent_id())
+    redis = app.extensions["aami.redis"]
+    queued = [commands.queue_command(redis, agent["agent_id"], {"type": "run_check",
+                                                                "check_id": f"c{n}"})
+              for n in range(commands.MAX_PER_REPLY + 5)]
+    first = _beat(client, agent).get_json()["commands"]
+    second = _beat(client, agent).get_json()["commands"]
+    assert len(first) == commands.MAX_PER_REPLY
+    assert first + second == queued  # oldest first, each once
+    assert _beat(client, agent).get_json()["commands"] == []
