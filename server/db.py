@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,12 +10,16 @@ from typing import Any
 
 from flask import Flask, current_app, g
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 EXTENSION_KEY = "aami.db"
 
+# A pooled connection is pinged before use only after it sat idle this long (seconds).
+PING_AFTER_IDLE_S = 5.0
 
-def make_engine(url: str) -> Engine:
+
+def make_engine(url: str, ping_after_idle_s: float = PING_AFTER_IDLE_S) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -22,7 +27,36 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(url, pool_size=10, max_overflow=20)
+    _ping_idle_connections(engine, ping_after_idle_s)
+    return engine
+
+
+def _ping_idle_connections(engine: Engine, after_s: float) -> None:
+    """Ping a pooled connection before use only when it sat idle ``after_s`` or longer.
+
+    ``pool_pre_ping`` pings on every checkout: a round trip as costly as the heartbeat's
+    own query, on the commonest calls of a fleet. Under load connections go back to work
+    within milliseconds, while those a database restart or an idle timeout killed have
+    sat unused; a connection that dies while in use raises a disconnect error, and
+    SQLAlchemy then recycles every connection of the pool (the request gets a 503).
+    A ping that fails makes the pool replace the connection before the request sees it.
+    """
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkin")
+    def remember_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        checked_in_at = record.info.get("checked_in_at")
+        if checked_in_at is None or time.monotonic() - checked_in_at < after_s:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError(f"idle connection is gone: {exc}") from exc
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
