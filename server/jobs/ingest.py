@@ -11,19 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import redis
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from server.jobs import context
-from server.jobs.events import record_event
-from server.jobs.flapping import HISTORY_LENGTH, is_flapping
+from server.jobs.events import NewEvent, record_events
+from server.jobs.state_fold import STATE_COLUMNS, StateFold
 from server.models import Check, CheckResult, CheckState, Target, utcnow
 
 log = logging.getLogger(__name__)
@@ -156,131 +155,51 @@ def update_states(session: Session, rows_by_agent: dict[str, list[dict[str, Any]
     """Fold results, oldest first, into each check's current state, raising events.
 
     The states of all targets involved are locked in one statement, in key order, so two
-    jobs holding overlapping targets wait for each other instead of deadlocking.
+    jobs holding overlapping targets wait for each other instead of deadlocking. States
+    are read as plain rows and written back with one bulk UPDATE and one bulk INSERT (a
+    new state created by a concurrent job first is a unique violation: the caller runs
+    the transaction again); the events of the whole call are recorded together.
     """
-    targets = {
-        t.id: t for t in session.scalars(select(Target).where(Target.id.in_(rows_by_agent)))
+    in_maintenance = {
+        target_id: maintenance
+        for target_id, maintenance in session.execute(
+            select(Target.id, Target.maintenance).where(Target.id.in_(rows_by_agent))
+        )
     }
-    if not targets:
+    if not in_maintenance:
         return
-    target_ids = sorted(targets)
-    states = {
-        (s.target_id, s.check_id): s
-        for s in session.scalars(
-            select(CheckState)
+    target_ids = sorted(in_maintenance)
+    stored = {
+        (state.target_id, state.check_id): state
+        for state in session.execute(
+            select(*STATE_COLUMNS)
             .where(CheckState.target_id.in_(target_ids))
             .order_by(CheckState.target_id, CheckState.check_id)
             .with_for_update()
         )
     }
     quiet_checks = set(session.scalars(select(Check.id).where(Check.maintenance.is_(True))))
+    events: list[NewEvent] = []
+    updates: list[dict[str, Any]] = []
+    inserts: list[dict[str, Any]] = []
     for target_id in target_ids:
-        target = targets[target_id]
-        folds: dict[str, _Fold] = {}
+        folds: dict[str, StateFold] = {}
         for row in sorted(rows_by_agent[target_id], key=lambda r: r["executed_at"]):
             check_id = row["check_id"]
             fold = folds.get(check_id)
             if fold is None:
-                fold = folds[check_id] = _Fold.of(states.get((target_id, check_id)))
-            if fold.executed_at is not None and fold.executed_at >= row["executed_at"]:
-                continue  # late or retried result: it is history, not news
-            quiet = target.maintenance or check_id in quiet_checks
-            fold.apply(session, target_id, check_id, row, quiet=quiet)
+                fold = folds[check_id] = StateFold.of(stored.get((target_id, check_id)))
+            if not fold.is_news(row):
+                continue
+            event = fold.apply(target_id, check_id, row)
+            if event is not None and not (in_maintenance[target_id] or check_id in quiet_checks):
+                events.append(event)
         for check_id, fold in folds.items():
             if fold.changed:
-                state = states.get((target_id, check_id))
-                if state is None:
-                    state = CheckState(target_id=target_id, check_id=check_id)
-                    session.add(state)
-                fold.write(state)
-
-
-@dataclass
-class _Fold:
-    """A check state being brought forward in plain Python, written to the row once."""
-
-    status: str | None
-    exit_code: int | None
-    output: str | None
-    perfdata: list[dict[str, Any]] | None
-    executed_at: datetime | None
-    since: datetime | None
-    occurrences: int
-    history: str
-    flapping: bool
-    last_result_id: str | None
-    changed: bool = False
-
-    @classmethod
-    def of(cls, state: CheckState | None) -> _Fold:
-        if state is None:
-            return cls(None, None, None, None, None, None, 0, "", False, None)
-        return cls(
-            state.status, state.exit_code, state.output, state.perfdata, state.executed_at,
-            state.since, state.occurrences or 0, state.history or "", bool(state.flapping),
-            state.last_result_id,
-        )
-
-    def apply(
-        self, session: Session, target_id: str, check_id: str, row: dict[str, Any], *, quiet: bool
-    ) -> None:
-        previous = self.status
-        changed = previous != row["status"]
-        full = len(self.history) >= HISTORY_LENGTH
-        self.history = (self.history + row["status"][0])[-HISTORY_LENGTH:]
-        was_flapping = self.flapping
-        # A repeat cannot start a flap: on a full history it only ages every change
-        # (lower weights, the oldest dropped), so the percentage cannot rise. Skipping
-        # the computation for a stable check repeating itself, the common case, halves
-        # the time spent folding results.
-        if changed or was_flapping or not full:
-            self.flapping = is_flapping(self.history, was_flapping)
-        if changed:
-            self.since = row["executed_at"]
-            self.occurrences = 1
-        else:
-            self.occurrences += 1
-        self.status = row["status"]
-        self.exit_code = row["exit_code"]
-        self.output = row["output"]
-        self.perfdata = row["perfdata"]
-        self.executed_at = row["executed_at"]
-        self.last_result_id = row["result_id"]
-        self.changed = True
-        if quiet:
-            return
-        key = f"{target_id}:{check_id}:{row['result_id']}"
-        if self.flapping != was_flapping:
-            record_event(
-                session,
-                kind="flapping",
-                target_id=target_id,
-                check_id=check_id,
-                previous="flapping" if was_flapping else "stable",
-                current="flapping" if self.flapping else "stable",
-                message=f"{check_id} {'started' if self.flapping else 'stopped'} flapping",
-                dedupe_key=f"flap:{key}",
-            )
-        elif changed and not self.flapping:
-            record_event(
-                session,
-                kind="check_state",
-                target_id=target_id,
-                check_id=check_id,
-                previous=previous,
-                current=row["status"],
-                message=row["output"][:500],
-                dedupe_key=f"state:{key}",
-            )
-
-    def write(self, state: CheckState) -> None:
-        state.status = self.status  # type: ignore[assignment]
-        state.exit_code = self.exit_code  # type: ignore[assignment]
-        state.output = self.output  # type: ignore[assignment]
-        state.perfdata = self.perfdata  # type: ignore[assignment]
-        state.executed_at = self.executed_at  # type: ignore[assignment]
-        state.since = self.since  # type: ignore[assignment]
-        state.occurrences = self.occurrences
-        state.history = self.history
-        state.flapping = self.flapping
-        state.last_result_id = self.last_result_id
+                written = updates if (target_id, check_id) in stored else inserts
+                written.append(fold.row(target_id, check_id))
+    if updates:
+        session.execute(update(CheckState), updates)  # ORM bulk UPDATE by primary key
+    if inserts:
+        session.execute(insert(CheckState), inserts)
+    record_events(session, events)

@@ -1,5 +1,6 @@
 """Folding results into a check state: the shortcut that skips flap detection for a
-stable check repeating itself must give the same flags as computing it every time."""
+stable check repeating itself must give the same flags as computing it every time, and
+each result raises the event its transition calls for."""
 
 from __future__ import annotations
 
@@ -10,20 +11,23 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from server.jobs.flapping import HISTORY_LENGTH, is_flapping
-from server.jobs.ingest import _Fold
+from server.jobs.state_fold import StateFold
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
+def result_row(n: int, status: str) -> dict[str, object]:
+    return {
+        "result_id": str(uuid.uuid4()), "status": status, "exit_code": 0,
+        "output": f"{status} {n}", "perfdata": [], "executed_at": START + timedelta(seconds=n),
+    }
+
+
 def fold_all(statuses: list[str]) -> list[bool]:
-    fold = _Fold.of(None)
+    fold = StateFold.of(None)
     flags = []
     for n, status in enumerate(statuses):
-        row = {
-            "result_id": str(uuid.uuid4()), "status": status, "exit_code": 0, "output": "",
-            "perfdata": [], "executed_at": START + timedelta(seconds=n),
-        }
-        fold.apply(None, "t", "c", row, quiet=True)  # type: ignore[arg-type]  # quiet: no events
+        fold.apply("t", "c", result_row(n, status))
         flags.append(fold.flapping)
     return flags
 
@@ -63,3 +67,38 @@ def test_a_history_that_fills_up_with_a_repeat_can_start_flapping():
     flags = fold_all(statuses)
     assert flags[HISTORY_LENGTH - 2] is False and flags[HISTORY_LENGTH - 1] is True
     assert flags == reference(statuses)
+
+
+def test_each_result_raises_the_event_of_its_transition():
+    fold = StateFold.of(None)
+    statuses = ["ok", "ok", "critical"]
+    raised = [fold.apply("t", "c", result_row(n, s)) for n, s in enumerate(statuses)]
+    assert raised[1] is None
+    first, change = raised[0], raised[2]
+    assert first is not None and change is not None
+    assert (first.kind, first.previous, first.current) == ("check_state", None, "ok")
+    assert (change.kind, change.previous, change.current) == ("check_state", "ok", "critical")
+    assert change.message == "critical 2" and change.dedupe_key is not None
+    assert change.dedupe_key.startswith("state:t:c:")
+    row = fold.row("t", "c")
+    assert (row["status"], row["occurrences"]) == ("critical", 1)
+    assert row["since"] == START + timedelta(seconds=2)
+    assert row["history"] == "ooc"
+
+
+def test_a_flip_that_starts_a_flap_raises_the_flapping_event_instead():
+    fold = StateFold.of(None)
+    statuses = ["ok", "critical"] * 15
+    raised = [fold.apply("t", "c", result_row(n, s)) for n, s in enumerate(statuses)]
+    flapping = [e for e in raised if e is not None and e.kind == "flapping"]
+    assert [(e.previous, e.current) for e in flapping] == [("stable", "flapping")]
+    after = raised[raised.index(flapping[0]) + 1 :]
+    assert after and all(e is None for e in after)  # flips while flapping are not news
+
+
+def test_a_result_no_newer_than_the_state_is_not_news():
+    fold = StateFold.of(None)
+    fold.apply("t", "c", result_row(10, "ok"))
+    assert not fold.is_news(result_row(10, "critical"))
+    assert not fold.is_news(result_row(5, "critical"))
+    assert fold.is_news(result_row(11, "critical"))
