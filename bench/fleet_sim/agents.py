@@ -280,6 +280,11 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+def _mark_failure_read(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class SimAgent:
     """One simulated agent: registration, then three loops (heartbeat, results, poll)."""
 
@@ -359,6 +364,9 @@ class SimAgent:
         # One refresh at a time: refresh tokens rotate, a second use would revoke them.
         if self._renewing is None or self._renewing.done():
             self._renewing = asyncio.create_task(self._refresh_or_register())
+            # Its caller may be cancelled meanwhile (the shield keeps the renewal going):
+            # the failure is then nobody's to read, and must not be reported as unread.
+            self._renewing.add_done_callback(_mark_failure_read)
         await asyncio.shield(self._renewing)
 
     async def _refresh_or_register(self) -> None:

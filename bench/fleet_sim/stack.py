@@ -80,6 +80,11 @@ def raise_open_files_limit(wanted: int = 65536) -> int:
 class FleetServer(LiveServer):
     """``aami-server serve`` with the worker class and sizes of :class:`Serving`."""
 
+    # Restarted under a fleet past capacity, /readyz waits in the same listen queue as
+    # thousands of reconnecting agents: slow to answer is a figure of the run, not a
+    # reason to abort it.
+    ready_timeout = 180.0
+
     def __init__(self, data_dir: Path, *, serving: Serving, **kwargs: Any) -> None:
         super().__init__(data_dir, workers=serving.workers, **kwargs)
         self.serving = serving
