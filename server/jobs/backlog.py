@@ -3,7 +3,11 @@
 With one RQ job and one database transaction per batch, the workers spent most of their
 time on bookkeeping (RQ's dozen Redis round trips per job, a commit per batch) rather than
 on results. Instead the API pushes each accepted batch onto :data:`PENDING_KEY` and
-enqueues a drain job only when none is queued yet. A drain job takes up to
+enqueues a drain job only when no drain job is queued or running. A running drain job
+keeps its mark until it finds the pending list empty, in one atomic step with removing
+the mark, so a batch pushed meanwhile is either seen by that job or enqueues a new one;
+otherwise a fleet whose batches come a few milliseconds apart makes one RQ job per batch
+(about 0.8 ms of the API's CPU each, and more of the worker's). A drain job takes up to
 :data:`CLAIM_BATCHES` batches at a time and stores them with one bulk INSERT and one pass
 over the check states (``ingest.store``); under load the batches pile up while a claim is
 being stored, so claims grow with the load and the per-claim cost shrinks per result.
@@ -17,14 +21,18 @@ list. Storing a batch twice is harmless: rows are inserted with ON CONFLICT DO N
 ``result_id`` and a check state only moves forward in time.
 
 Keys, all under ``aami:ingest:``: ``pending`` (list of JSON batches); ``drain-queued``
-(id of a drain job enqueued and not yet started; it expires, so a lost enqueue cannot
-block draining for long); ``claims`` (sorted set: job id -> lease deadline);
+(id of the drain job queued or running that will look at the pending list before it
+stops; it expires unless that job renews it, so a lost enqueue or a dead job cannot
+block draining for long); ``helper-queued`` (id of a helper drain job, enqueued by a job
+that saw more batches waiting so that an idle worker can take the next claim, until it
+starts); ``claims`` (sorted set: job id -> lease deadline);
 ``claimed:<job id>`` (the batches that job is storing); ``refused`` (batches the database
 rejected as data, with the error, for an operator to look at).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -42,6 +50,7 @@ log = logging.getLogger(__name__)
 
 PENDING_KEY = "aami:ingest:pending"
 QUEUED_KEY = "aami:ingest:drain-queued"
+HELPER_KEY = "aami:ingest:helper-queued"
 CLAIMS_KEY = "aami:ingest:claims"
 CLAIMED_PREFIX = "aami:ingest:claimed:"
 # Batches the database refused outright (not a connection problem), kept for an operator.
@@ -55,15 +64,20 @@ DRAIN_BUDGET_S = 10.0
 # A claim outlives any job that holds it (the job is killed at JOB_TIMEOUT_S), so an
 # expired lease means the batches were abandoned, never that they are being stored.
 LEASE_S = JOB_TIMEOUT_S + 30
-# How long a "drain job queued" marker holds if its job never shows up (the enqueue
-# failed half-way); a marker that outlives a slow queue only costs one extra drain job.
+# How long a "drain job queued" mark holds unless its job renews it (at every claim):
+# the longest a lost enqueue or a dead job holds draining up. A mark that expires under
+# a slow queue or a slow claim only costs one extra drain job.
 QUEUED_TTL_S = 10
 
 # Take the batches of this job's own claim (a retry after a crash), or else move up to
-# ARGV[1] batches from the pending list onto it; renew the lease either way.
-# KEYS: pending, claimed:<job>, claims. ARGV: count, deadline, job id.
+# ARGV[1] batches from the pending list onto it; renew the lease either way, and the
+# job's "drain queued" mark if it holds it.
+# KEYS: pending, claimed:<job>, claims, drain-queued. ARGV: count, deadline, job id, ttl.
 # Returns {batches, batches still pending}.
 _CLAIM = """
+if redis.call('GET', KEYS[4]) == ARGV[3] then
+  redis.call('EXPIRE', KEYS[4], ARGV[4])
+end
 local items = redis.call('LRANGE', KEYS[2], 0, -1)
 if #items == 0 then
   items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
@@ -94,7 +108,21 @@ redis.call('ZREM', KEYS[3], ARGV[1])
 return #items
 """
 
-# Delete the "drain job queued" marker only if it names this job.
+# Stop draining only if nothing waits, and then give up the "drain queued" mark if it
+# names this job: atomic, so a batch pushed before it is drained by this job, and one
+# pushed after it finds no mark and enqueues a drain job of its own.
+# KEYS: pending, drain-queued. ARGV: job id. Returns 1 to stop, 0 to go on claiming.
+_FINISH = """
+if redis.call('LLEN', KEYS[1]) > 0 then
+  return 0
+end
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+end
+return 1
+"""
+
+# Delete a "job queued" mark (either key) only if it names this job.
 _UNMARK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -104,8 +132,8 @@ return 0
 
 
 def submit(queues: JobQueues, agent_id: str, results: list[dict[str, Any]]) -> str:
-    """Queue one accepted batch; returns the id of a drain job that has yet to start, so
-    will look at it (another running drain job may store it first).
+    """Queue one accepted batch; returns the id of a drain job, queued or running, that
+    will look at it before it stops (another drain job may store it first).
 
     Returns only once Redis holds the batch, so a 202 after it is a promise kept.
     """
@@ -124,12 +152,19 @@ def submit(queues: JobQueues, agent_id: str, results: list[dict[str, Any]]) -> s
 
 
 def ensure_drain(queues: JobQueues) -> str | None:
-    """Enqueue a drain job unless one is queued already; returns the new job's id."""
+    """Enqueue a drain job unless one is queued or running; returns the new job's id."""
     job_id = str(uuid.uuid4())
     if not queues.client.set(QUEUED_KEY, job_id, nx=True, ex=QUEUED_TTL_S):
         return None
     queues.enqueue(INGEST, drain, job_id=job_id)
     return job_id
+
+
+def _ensure_helper(queues: JobQueues) -> None:
+    """Enqueue a helper drain job unless one is queued and has not started yet."""
+    job_id = str(uuid.uuid4())
+    if queues.client.set(HELPER_KEY, job_id, nx=True, ex=QUEUED_TTL_S):
+        queues.enqueue(INGEST, drain, helper=True, job_id=job_id)
 
 
 def requeue_abandoned(client: redis.Redis, now: float | None = None) -> int:
@@ -178,27 +213,45 @@ def maintain(queues: JobQueues) -> None:
         ensure_drain(queues)
 
 
-def drain() -> dict[str, int]:
-    """The drain job: store queued batches, a claim at a time, for up to DRAIN_BUDGET_S."""
+def drain(helper: bool = False) -> dict[str, int]:
+    """The drain job: store queued batches, a claim at a time, for up to DRAIN_BUDGET_S.
+
+    The job holding the "drain queued" mark stops only when :data:`_FINISH` finds nothing
+    waiting; a ``helper`` stops at the first empty claim.
+    """
     client = context.redis_client()
     current = get_current_job()
     job_id = current.id if current is not None else str(uuid.uuid4())
-    # From here on a new batch needs a new drain job: this one may already be past it.
-    client.eval(_UNMARK, 1, QUEUED_KEY, job_id)
+    if helper:  # from here on more waiting batches may call for another helper
+        client.eval(_UNMARK, 1, HELPER_KEY, job_id)
     requeue_abandoned(client)
     queues = JobQueues(client, inline=context.settings().embedded)
+    try:
+        return _drain_claims(client, queues, job_id, helper=helper)
+    except BaseException:
+        # The next batch must not wait for the mark of a job that failed to expire.
+        with contextlib.suppress(redis.RedisError):
+            client.eval(_UNMARK, 1, QUEUED_KEY, job_id)
+        raise
+
+
+def _drain_claims(
+    client: redis.Redis, queues: JobQueues, job_id: str, *, helper: bool
+) -> dict[str, int]:
     claimed_key = CLAIMED_PREFIX + job_id
     started = time.monotonic()
     totals = {"received": 0, "inserted": 0}
     while True:
         items, still_pending = client.eval(
-            _CLAIM, 3, PENDING_KEY, claimed_key, CLAIMS_KEY,
-            CLAIM_BATCHES, time.time() + LEASE_S, job_id,
+            _CLAIM, 4, PENDING_KEY, claimed_key, CLAIMS_KEY, QUEUED_KEY,
+            CLAIM_BATCHES, time.time() + LEASE_S, job_id, QUEUED_TTL_S,
         )
         if not items:
-            break
+            if helper or client.eval(_FINISH, 2, PENDING_KEY, QUEUED_KEY, job_id):
+                break
+            continue  # a batch came after the claim: this job is still the one to drain it
         if still_pending and not queues.inline:
-            ensure_drain(queues)  # let an idle worker take the next claim meanwhile
+            _ensure_helper(queues)  # let an idle worker take the next claim meanwhile
         received, inserted = _store(client, items)
         totals["received"] += received
         totals["inserted"] += inserted
@@ -208,6 +261,7 @@ def drain() -> dict[str, int]:
             pipe.execute()
         # Embedded, jobs run inline in a request: no other worker would take the rest.
         if time.monotonic() - started > DRAIN_BUDGET_S and not queues.inline:
+            client.eval(_UNMARK, 1, QUEUED_KEY, job_id)
             if client.llen(PENDING_KEY):
                 ensure_drain(queues)
             break
