@@ -229,7 +229,7 @@ def drain(helper: bool = False) -> dict[str, int]:
     try:
         return _drain_claims(client, queues, job_id, helper=helper)
     except BaseException:
-        # The next batch must not wait for the mark of a job that failed to expire.
+        # The next batch enqueues a fresh job at once, not after this mark expires.
         with contextlib.suppress(redis.RedisError):
             client.eval(_UNMARK, 1, QUEUED_KEY, job_id)
         raise
