@@ -153,18 +153,23 @@ def submit(queues: JobQueues, agent_id: str, results: list[dict[str, Any]]) -> s
 
 def ensure_drain(queues: JobQueues) -> str | None:
     """Enqueue a drain job unless one is queued or running; returns the new job's id."""
-    job_id = str(uuid.uuid4())
-    if not queues.client.set(QUEUED_KEY, job_id, nx=True, ex=QUEUED_TTL_S):
-        return None
-    queues.enqueue(INGEST, drain, job_id=job_id)
-    return job_id
+    return _enqueue_unless_marked(queues, QUEUED_KEY)
 
 
 def _ensure_helper(queues: JobQueues) -> None:
     """Enqueue a helper drain job unless one is queued and has not started yet."""
+    _enqueue_unless_marked(queues, HELPER_KEY, helper=True)
+
+
+def _enqueue_unless_marked(queues: JobQueues, mark: str, *, helper: bool = False) -> str | None:
     job_id = str(uuid.uuid4())
-    if queues.client.set(HELPER_KEY, job_id, nx=True, ex=QUEUED_TTL_S):
+    if not queues.client.set(mark, job_id, nx=True, ex=QUEUED_TTL_S):
+        return None
+    if helper:
         queues.enqueue(INGEST, drain, helper=True, job_id=job_id)
+    else:  # a primary job takes no argument, as jobs queued by earlier versions
+        queues.enqueue(INGEST, drain, job_id=job_id)
+    return job_id
 
 
 def requeue_abandoned(client: redis.Redis, now: float | None = None) -> int:

@@ -7,7 +7,7 @@ gives the row to write, once, however many results it took.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -15,12 +15,13 @@ from server.jobs.events import NewEvent
 from server.jobs.flapping import HISTORY_LENGTH, is_flapping
 from server.models import CheckState, utcnow
 
-# The columns a fold reads and writes: the state is selected as these, not as ORM objects.
-STATE_COLUMNS = (
-    CheckState.target_id, CheckState.check_id, CheckState.status, CheckState.exit_code,
-    CheckState.output, CheckState.perfdata, CheckState.executed_at, CheckState.since,
-    CheckState.occurrences, CheckState.history, CheckState.flapping, CheckState.last_result_id,
+# The columns a fold brings forward; each is a field of StateFold of the same name.
+FOLDED = (
+    "status", "exit_code", "output", "perfdata", "executed_at", "since", "occurrences",
+    "history", "flapping", "last_result_id",
 )
+# The state is selected as these columns, not as ORM objects.
+STATE_COLUMNS = tuple(getattr(CheckState, name) for name in ("target_id", "check_id", *FOLDED))
 
 
 class StoredState(Protocol):
@@ -40,6 +41,8 @@ class StoredState(Protocol):
 
 @dataclass
 class StateFold:
+    """A check state being brought forward in plain Python, written to the row once."""
+
     status: str | None
     exit_code: int | None
     output: str | None
@@ -116,18 +119,8 @@ class StateFold:
 
     def row(self, target_id: str, check_id: str) -> dict[str, Any]:
         """The ``check_states`` row this fold has come to, keyed by column name."""
-        return {
-            "target_id": target_id,
-            "check_id": check_id,
-            "status": self.status,
-            "exit_code": self.exit_code,
-            "output": self.output,
-            "perfdata": self.perfdata,
-            "executed_at": self.executed_at,
-            "since": self.since,
-            "occurrences": self.occurrences,
-            "history": self.history,
-            "flapping": self.flapping,
-            "last_result_id": self.last_result_id,
-            "updated_at": utcnow(),
-        }
+        folded = {name: getattr(self, name) for name in FOLDED}
+        return {"target_id": target_id, "check_id": check_id, **folded, "updated_at": utcnow()}
+
+
+assert {f.name for f in fields(StateFold)} == {*FOLDED, "changed"}
