@@ -73,10 +73,12 @@ class Authenticator:
         clock: Callable[[], float] = time.time,
         backoff: Backoff | None = None,
         enrollment: Enrollment | None = None,
+        on_registered: Callable[[TokenGrant], object] | None = None,
     ) -> None:
         """``registration`` builds the registration request; it raises ConfigError when
         there is no bootstrap token (read each time: the token file may come back).
-        ``enrollment`` adds a CSR to registrations and keeps the certificate."""
+        ``enrollment`` adds a CSR to registrations and keeps the certificate.
+        ``on_registered`` sees every registration reply (the policy keys it announces)."""
         self._transport = transport
         self._store = store
         self._registration = registration
@@ -86,6 +88,7 @@ class Authenticator:
         self._not_before = 0.0
         self._last_failure: AgentError | None = None
         self._enrollment = enrollment
+        self._on_registered = on_registered
         # Set by a 429/503 on register or refresh: nobody calls either before then.
         self._retry_not_before = 0.0
         self._lock = threading.Lock()
@@ -206,6 +209,8 @@ class Authenticator:
                 self._enrollment.store(grant.certificate)
             except AgentError as exc:
                 self._enrollment.failed(exc)
+        if self._on_registered is not None:
+            self._on_registered(grant)
         return self._keep(agent_id, grant)
 
     def _register_with_csr(self, registration: Registration) -> TokenGrant:

@@ -8,8 +8,6 @@ Relative paths are resolved against the directory of the configuration file.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import functools
 import os
@@ -22,6 +20,7 @@ from types import MappingProxyType
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+from agent import containment as exec_containment
 from agent import defaults
 from agent.durations import parse_duration
 from agent.errors import ConfigError
@@ -57,6 +56,8 @@ class ServerConfig:
     bootstrap_token_file: Path | None = None
     policy_keys: tuple[str, ...] = ()
     """Base64 raw Ed25519 public keys trusted to sign check policies (agent/policy.py)."""
+    insecure_accept_unsigned_policies: bool = False
+    """Run check policies without verifying them (unsafe; only for demos and labs)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,11 @@ class ChecksConfig:
     """User (name or uid) checks run as when the agent is root; None: the default."""
     no_new_privs: bool = True
     """Set no_new_privs in checks, so set-user-ID programs gain nothing."""
+    exec_containment: str = exec_containment.DEFAULT_MODE
+    """What restricts the programs checks run in turn (agent/containment.py)."""
+    allowed_executables: tuple[str, ...] = ()
+    """Files or directories checks may execute besides allowed_paths (interpreters), but
+    not name as their command."""
 
 
 @dataclass(frozen=True)
@@ -311,9 +317,15 @@ def _build_server(section: _Section, *, check_files: bool) -> ServerConfig:
     if token and token_file:
         section.fail("bootstrap_token", "set either bootstrap_token or bootstrap_token_file")
     policy_keys = section.policy_keys("policy_keys")
+    insecure = bool(section.optional_boolean("insecure_accept_unsigned_policies"))
+    if insecure and policy_keys:
+        section.fail("insecure_accept_unsigned_policies",
+                     "cannot be true while server.policy_keys is set (with keys, every "
+                     "policy is verified; remove one of the two)")
     section.finish()
     return ServerConfig(address=address, tls=tls, bootstrap_token=token,
-                        bootstrap_token_file=token_file, policy_keys=policy_keys)
+                        bootstrap_token_file=token_file, policy_keys=policy_keys,
+                        insecure_accept_unsigned_policies=insecure)
 
 
 def _normalise_address(section: _Section, tls_enabled: bool | None) -> tuple[str, bool]:
@@ -383,12 +395,16 @@ def _build_checks(section: _Section) -> ChecksConfig:
     allow_shell = bool(section.optional_boolean("allow_shell"))
     run_as = section.run_as("run_as")
     no_new_privs = section.optional_boolean("no_new_privs")
+    containment = section.choice("exec_containment", exec_containment.DEFAULT_MODE,
+                                 exec_containment.MODES)
+    executables = section.path_list("allowed_executables", ())
     section.finish()
     return ChecksConfig(default_timeout=default_timeout, max_concurrent=max_concurrent,
                         result_buffer_size=buffer_size, allowed_paths=allowed,
                         default_limits=limits, output_limit=output_limit,
                         allow_shell=allow_shell, run_as=run_as,
-                        no_new_privs=True if no_new_privs is None else no_new_privs)
+                        no_new_privs=True if no_new_privs is None else no_new_privs,
+                        exec_containment=containment, allowed_executables=executables)
 
 
 def _build_results(section: _Section) -> ResultsConfig:
@@ -571,14 +587,14 @@ class _Section:
             value = [value]
         if not isinstance(value, list):
             self.fail(key, f"expected a list of base64 public keys, got {_type_name(value)}")
+        from agent.policy import decode_public_key
+
         keys: list[str] = []
         for index, item in enumerate(value):
             text = item.strip() if isinstance(item, str) else ""
             try:
-                raw = base64.b64decode(text, validate=True)
-            except (binascii.Error, ValueError):
-                raw = b""
-            if len(raw) != 32:
+                decode_public_key(text)
+            except ValueError:
                 self.fail(f"{key}[{index}]", f"{item!r} is not a base64 Ed25519 public key "
                           "(32 raw bytes, as `aami-server policy-key show` prints it)")
             if text not in keys:

@@ -47,9 +47,13 @@ STATUS_INTERVAL = 5.0
 
 CREDENTIALS_FILE = "credentials.json"
 REGISTRATION_KEY_FILE = "registration.key"
+# A random per-install id; with the machine id it tells clones of one agent id apart.
+INSTANCE_ID_FILE = "instance.id"
 ASSIGNMENT_FILE = "assignment.json"
 SPOOL_FILE = "spool.db"
 STATUS_FILE = "status.json"
+# The server's policy keys, pinned at registration over verified TLS (agent/policy_pin.py).
+POLICY_PIN_FILE = "policy-keys.json"
 # Written by certificate enrollment (server.tls.enroll) unless the config names paths.
 CLIENT_CERT_FILE = "agent.crt"
 CLIENT_KEY_FILE = "agent.key"

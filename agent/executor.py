@@ -8,9 +8,13 @@ The rules (see DESIGN.md, "Check semantics"):
   (``"shell": true``, one command line) on an agent whose operator allowed it
   (``checks.allow_shell``): it runs as ``/bin/sh -c LINE``.
 * The plugin gets its own session and process group, a scrubbed environment, and in the
-  child before exec: resource limits, no_new_privs and an unprivileged user
-  (agent/sandbox.py). On timeout the whole group gets SIGTERM, then SIGKILL after a short
-  grace.
+  child before exec: resource limits, no_new_privs, the exec containment and an
+  unprivileged user (agent/sandbox.py). On timeout the whole group gets SIGTERM, then
+  SIGKILL after a short grace.
+* The exec containment (agent/containment.py) keeps what the plugin runs in turn within
+  what checks may execute: with Landlock the kernel enforces it and a check failing for
+  it says so; with the denylist, plugins that run other programs are refused before
+  start.
 * A check is finished when its output pipe is closed *and* the plugin exited. A plugin that
   leaves a background process holding its stdout is therefore still running, and times out
   like any other hung plugin; this is why output is read with a deadline (``poll`` on the
@@ -22,6 +26,7 @@ The rules (see DESIGN.md, "Check semantics"):
 from __future__ import annotations
 
 import codecs
+import errno
 import functools
 import logging
 import os
@@ -36,6 +41,8 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
+from agent import containment as exec_containment
+from agent.containment import ExecContainment
 from agent.durations import format_duration
 from agent.model import CheckResult, CheckSpec, ResourceLimits, status_for_exit_code
 from agent.perfdata import parse_plugin_output
@@ -144,11 +151,14 @@ class Executor:
         user: CheckUser | None = None,
         no_new_privs: bool = False,
         use_spawner: bool = True,
+        containment: ExecContainment = exec_containment.NONE,
     ) -> None:
         """``user``: whom checks run as (None: as the agent); ``no_new_privs``: exec
         grants no privileges to checks (set-user-ID programs run unprivileged);
         ``use_spawner``: start plugins through spawner processes (agent/spawner.py), the
-        fast way, rather than forking the agent for each."""
+        fast way, rather than forking the agent for each; ``containment``: what the
+        checks' processes may execute (agent/containment.py). Raises OSError when the
+        containment's Landlock ruleset cannot be made."""
         if output_limit_bytes < 1:
             raise ValueError(f"output_limit_bytes must be positive, got {output_limit_bytes}")
         # Resolved once: the allowed directories are root-owned and do not move at runtime.
@@ -158,16 +168,28 @@ class Executor:
         self._allow_shell = allow_shell
         self._user = user
         self._no_new_privs = no_new_privs
-        self._spawners = (SpawnerPool((user.uid, user.gid) if user is not None else None)
+        self._containment = containment
+        ruleset = (exec_containment.open_ruleset(containment)
+                   if containment.mode == "landlock" else None)
+        self._restrict_exec = (exec_containment.make_restrict_self(ruleset)
+                               if ruleset is not None else None)
+        exec_ruleset = ((ruleset, exec_containment.restrict_self_syscall())
+                        if ruleset is not None else None)
+        self._spawners = (SpawnerPool((user.uid, user.gid) if user is not None else None,
+                                      exec_ruleset)
                           if use_spawner else None)
-        if self._spawners is not None:
-            # An executor replaced on SIGHUP lets its spawners go once nothing uses it.
-            self._finalizer = weakref.finalize(self, self._spawners.close)
+        # An executor replaced on SIGHUP lets its spawners (and its ruleset) go once
+        # nothing uses it; close() does the same at once. Either runs only once.
+        self._finalizer = weakref.finalize(self, _release, self._spawners, ruleset)
 
     def close(self) -> None:
         """Let the spawner processes go (running plugins are killed)."""
-        if self._spawners is not None:
-            self._spawners.close()
+        self._finalizer()
+
+    @property
+    def containment(self) -> ExecContainment:
+        """What the checks' processes may execute."""
+        return self._containment
 
     @property
     def allowed_paths(self) -> tuple[str, ...]:
@@ -211,11 +233,15 @@ class Executor:
             path, argv = SHELL, [SHELL, "-c", spec.command[0]]
         else:
             path, argv = self._resolve(spec.command[0]), list(spec.command)
+            refusal = self._containment.refusal(path, argv)
+            if refusal is not None:
+                raise _Refused(refusal)
         _check_executable(path)
         env = _build_env(spec.env)
         limits = _merged_limits(spec.limits, self._default_limits)
         try:
-            preexec = make_preexec(limits, user=self._user, no_new_privs=self._no_new_privs)
+            preexec = make_preexec(limits, user=self._user, no_new_privs=self._no_new_privs,
+                                   restrict_exec=self._restrict_exec)
         except ValueError as exc:
             raise _Refused(str(exc)) from None
         except (OSError, AttributeError) as exc:  # no prctl in this libc
@@ -233,12 +259,18 @@ class Executor:
         try:
             # The timeout is the plugin's: from its start, not from when the agent began
             # to prepare it (a first run may wait for its spawner to start).
-            return self._supervise(child, read_fd, spec, time.monotonic(), limits)
+            exit_code, output, perfdata = self._supervise(child, read_fd, spec,
+                                                          time.monotonic(), limits)
         finally:
             # Whatever went wrong above, no plugin outlives its supervision.
             if child.poll() is None:
                 _kill_group(child)
             os.close(read_fd)
+        if exit_code != 0:
+            hint = self._containment.denied_hint(argv)
+            if hint is not None:
+                output = f"{output}\n{hint}" if output else hint
+        return exit_code, output, perfdata
 
     def _spawner_for(self, limits: ResourceLimits) -> Spawner | None:
         if self._spawners is None:
@@ -276,8 +308,8 @@ class Executor:
             # Only a failing preexec_fn raises this, and its own message is lost on the way.
             raise _Refused(
                 "could not set up the check's sandbox in the child (resource limits, "
-                "no_new_privs or switching to user "
-                f"{self._user.name if self._user else '(unchanged)'})"
+                f"no_new_privs, exec containment {self._containment.describe()} or "
+                f"switching to user {self._user.name if self._user else '(unchanged)'})"
             ) from None
         except OSError as exc:
             raise self._cannot_execute(path, exc) from None
@@ -285,6 +317,10 @@ class Executor:
 
     def _cannot_execute(self, path: str, exc: OSError) -> _Refused:
         who = f" as user {self._user.name}" if self._user is not None else ""
+        if exc.errno == errno.EACCES:
+            reason = self._containment.denied_start(path)
+            if reason is not None:
+                return _Refused(f"cannot execute {path}{who}: {reason}")
         return _Refused(f"cannot execute {path}{who}: {exc.strerror or exc}")
 
     def _resolve(self, program: str) -> str:
@@ -474,6 +510,13 @@ def _group_exists(pgid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _release(spawners: SpawnerPool | None, ruleset: int | None) -> None:
+    if spawners is not None:
+        spawners.close()
+    if ruleset is not None:
+        os.close(ruleset)
 
 
 @functools.lru_cache(maxsize=256)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import secrets
 import time
@@ -50,6 +51,30 @@ def load_or_create_agent_id(path: Path) -> str:
 def load_or_create_registration_key(path: Path) -> str:
     """The secret (mode 0600) that proves this host owns its id when it registers again,
     made once like the id; a missing or empty one is made anew."""
+    return _load_or_create_token(path)
+
+
+def load_or_create_instance_id(path: Path, machine_id_paths: tuple[Path, ...] = (
+        Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))) -> str:
+    """This installation's id, sent in heartbeats so the server notices two hosts running
+    under one agent id (clones, docs/security.md).
+
+    A random id kept at ``path`` (state dir) is combined with the host's machine id, so a
+    state directory copied to another machine (a cloned VM image, a restored backup) gives
+    another instance id there, while restarts and upgrades keep it.
+    """
+    install_id = _load_or_create_token(path)
+    machine_id = ""
+    for candidate in machine_id_paths:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            machine_id = candidate.read_text(encoding="ascii").strip()
+            if machine_id:
+                break
+    return hashlib.sha256(f"{install_id}:{machine_id}".encode()).hexdigest()[:32]
+
+
+def _load_or_create_token(path: Path) -> str:
+    """A random token (mode 0600) kept at ``path``; a missing or empty one is made anew."""
     with contextlib.suppress(FileNotFoundError):
         key = path.read_text(encoding="ascii").strip()
         if key:

@@ -2,16 +2,17 @@
 
 The server signs every assignment reply with Ed25519 (docs/agent-api.md, "Signed
 policies"): the signature covers the canonical JSON of ``target_id``, ``config_version``,
-``checks``, ``serial`` and ``issued_at`` exactly as sent. An agent configured with
-``server.policy_keys`` refuses a reply that is unsigned, signed by a key it does not
-trust, altered after signing, meant for another target, or older than the last policy
-it accepted (a replay of a genuine but outdated policy). Several keys may be trusted at
-once, so the server's key can be rotated without touching every agent on the same day.
+``checks``, ``serial`` and ``issued_at`` exactly as sent. The verifier refuses a reply
+that is unsigned, signed by a key it does not trust, altered after signing, meant for
+another target, or older than the last policy it accepted (a replay of a genuine but
+outdated policy). Several keys may be trusted at once, so the server's key can be
+rotated without touching every agent on the same day.
 
 The canonical form must match ``server/security/policy.py::canonical_bytes`` byte for
 byte; it is written out again here because the agent is installed without the server's
-dependencies. ``cryptography`` is imported only when keys are configured: it costs
-about 7 MB of resident memory, and the agent's budget is tight.
+dependencies. ``cryptography`` is imported only when a verifier is made: it costs about
+7 MB of resident memory, and an agent that runs unverified policies (its operator's
+choice, agent/policy_trust.py) does without it.
 """
 
 from __future__ import annotations
@@ -52,18 +53,32 @@ def key_id(raw_public_key: bytes) -> str:
     return hashlib.sha256(raw_public_key).hexdigest()[:16]
 
 
+def decode_public_key(text: str) -> bytes:
+    """The raw 32 bytes of a base64 Ed25519 public key; ValueError when it is not one."""
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError(f"{text!r} is not a base64 Ed25519 public key (32 raw bytes, as "
+                         "`aami-server policy-key show` prints it)")
+    return raw
+
+
 class PolicyVerifier:
     """Checks replies against the trusted public keys (base64 of the raw 32 bytes)."""
 
-    def __init__(self, public_keys: Sequence[str]) -> None:
-        """Raises ValueError for a key that is not a base64 Ed25519 public key."""
+    def __init__(self, public_keys: Sequence[str], source: str = "server.policy_keys") -> None:
+        """``source`` says where the keys come from, for messages. Raises ValueError for
+        a key that is not a base64 Ed25519 public key."""
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
         if not public_keys:
             raise ValueError("at least one policy key is needed")
+        self._source = source
         self._keys: dict[str, Ed25519PublicKey] = {}
         for text in public_keys:
-            raw = base64.b64decode(text, validate=True)
+            raw = decode_public_key(text)
             self._keys[key_id(raw)] = Ed25519PublicKey.from_public_bytes(raw)
 
     @property
@@ -90,7 +105,7 @@ class PolicyVerifier:
         if key is None:
             raise PolicyRejected(f"the policy is signed by unknown key "
                                  f"{signature.key_id or '(none)'!r}; trusted keys: "
-                                 f"{', '.join(self._keys)} (server.policy_keys)")
+                                 f"{', '.join(self._keys)} ({self._source})")
         missing = [name for name in SIGNED_FIELDS if getattr(assignment, name) is None]
         if missing:
             raise PolicyRejected(f"the policy lacks {', '.join(missing)}")
@@ -110,3 +125,4 @@ class PolicyVerifier:
         if last_serial is not None and assignment.serial < last_serial:
             raise PolicyRejected(f"replayed policy: serial {assignment.serial} is older "
                                  f"than the last accepted serial {last_serial}")
+

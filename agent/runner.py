@@ -10,9 +10,9 @@ move work between them.
        +---- heartbeat loop (liveness; delivers commands -> Scheduler.run_now;
                              renews the client certificate when enrolled)
 
-An assignment runs only once :mod:`agent.policy` accepted it (when policy keys are
-configured); a refused one leaves the scheduler untouched and is reported in the
-heartbeat's ``policy_error``.
+An assignment runs only once :mod:`agent.policy_trust` accepted it (signed by a
+configured or pinned key, unless the operator chose the insecure option); a refused one
+leaves the scheduler untouched and is reported in the heartbeat's ``policy_error``.
 
 Each loop is a thread that runs one step, then sleeps for as long as the step asked (or
 its backoff says, after a failure) unless it is woken. A failed step never ends a loop:
@@ -31,8 +31,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from agent import containment as exec_containment
 from agent import defaults
 from agent.assignment import AssignmentCache, parse_checks
 from agent.auth import Authenticator
@@ -41,17 +43,30 @@ from agent.config import Config, load_config
 from agent.credentials import CredentialStore
 from agent.enrollment import CertificateManager
 from agent.errors import AgentError, ConfigError, RequestRejected, RetryLater
-from agent.executor import Executor, iso_utc
+from agent.executor import SHELL, Executor, iso_utc
 from agent.fileio import write_json
-from agent.identity import load_or_create_agent_id, load_or_create_registration_key
+from agent.identity import (
+    load_or_create_agent_id,
+    load_or_create_instance_id,
+    load_or_create_registration_key,
+)
 from agent.logs import setup_logging
 from agent.model import CheckResult, CheckSpec
-from agent.policy import PolicyRejected, PolicyVerifier
+from agent.policy import PolicyRejected
+from agent.policy_pin import PolicyKeyPin
+from agent.policy_trust import PolicyTrust
 from agent.sandbox import check_user
 from agent.scheduler import CheckRunner, Scheduler
 from agent.spool import Spool
 from agent.status import StatusBoard, pid_running, read_status
-from agent.transport.base import NOT_MODIFIED, Assignment, Command, Registration, Transport
+from agent.transport.base import (
+    NOT_MODIFIED,
+    Assignment,
+    Command,
+    Registration,
+    TokenGrant,
+    Transport,
+)
 from agent.version import agent_version
 
 log = logging.getLogger(__name__)
@@ -78,18 +93,38 @@ class _SwappableExecutor:
 
 
 def build_executor(config: Config) -> CheckRunner:
+    """The executor ``config`` describes; ConfigError when its exec containment cannot
+    apply on this host."""
     checks = config.checks
-    return Executor(checks.allowed_paths, checks.default_limits, checks.output_limit,
-                    allow_shell=checks.allow_shell, user=check_user(checks.run_as),
-                    no_new_privs=checks.no_new_privs)
-
-
-def build_policy_verifier(config: Config) -> PolicyVerifier | None:
-    """The verifier of signed policies, or None when no policy keys are configured."""
-    if not config.server.policy_keys:
-        return None
+    # Shell checks run /bin/sh by design: allowing them (checks.allow_shell) lets the
+    # server run any command line already, so the containment lets checks execute it.
+    shell = [SHELL] if checks.allow_shell else []
     try:
-        return PolicyVerifier(config.server.policy_keys)
+        containment = exec_containment.resolve(
+            checks.exec_containment, allowed_dirs=checks.allowed_paths,
+            executables=[*checks.allowed_executables, *shell],
+            no_new_privs=checks.no_new_privs,
+        )
+        return Executor(checks.allowed_paths, checks.default_limits, checks.output_limit,
+                        allow_shell=checks.allow_shell, user=check_user(checks.run_as),
+                        no_new_privs=checks.no_new_privs, containment=containment)
+    except exec_containment.ContainmentUnavailable as exc:
+        raise ConfigError(f"{config.path}: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{config.path}: checks.exec_containment: cannot set up the "
+                          f"Landlock ruleset: {exc}") from exc
+
+
+def build_policy_trust(config: Config) -> PolicyTrust:
+    """What decides whether a policy from the server may run (agent/policy_trust.py)."""
+    server = config.server
+    try:
+        return PolicyTrust(
+            server.policy_keys,
+            insecure=server.insecure_accept_unsigned_policies,
+            pin=PolicyKeyPin(config.agent.state_dir / defaults.POLICY_PIN_FILE),
+            tls=server.tls.enabled,
+        )
     except ImportError as exc:
         raise ConfigError(f"{config.path}: server.policy_keys: verifying policies needs the "
                           f"Python package 'cryptography' ({exc})") from exc
@@ -148,7 +183,7 @@ class Agent:
         self.agent_id = load_or_create_agent_id(config.agent.id_file)
         self.version = agent_version()
         self.transport = transport or build_transport(config)
-        self.policy = build_policy_verifier(config)
+        self.policy = build_policy_trust(config)
         self.certificates: CertificateManager | None = None
         if config.server.tls.enroll:
             self.certificates = self._certificate_manager(config)
@@ -159,6 +194,7 @@ class Agent:
             CredentialStore(state_dir / defaults.CREDENTIALS_FILE),
             registration_for(config, self.agent_id),
             enrollment=self.certificates,
+            on_registered=self._registered,
         )
         self._executor = _SwappableExecutor(executor or build_executor(config))
         spool_path = state_dir / defaults.SPOOL_FILE
@@ -174,8 +210,10 @@ class Agent:
         self.cache = AssignmentCache(state_dir / defaults.ASSIGNMENT_FILE)
         self.status = StatusBoard(agent_id=self.agent_id, server=config.server.address,
                                   version=self.version)
+        self.status.show_containment(self._executor.current)
         self._status_path = state_dir / defaults.STATUS_FILE
         self._status_write_failing = False
+        self.instance_id = _instance_id(state_dir)
 
         self._started = time.monotonic()
         self._stop = threading.Event()
@@ -205,11 +243,7 @@ class Agent:
         """
         if self.auth.credentials is None:
             self.config.read_bootstrap_token()
-        if self.policy is None:
-            log.warning("check policies from the server are not verified "
-                        "(server.policy_keys is not set)")
-        else:
-            log.info("verifying check policies with key(s) %s", ", ".join(self.policy.key_ids))
+        self._report_policy_trust()
         cached = self.cache.load()
         if cached is not None:
             # Its serial is the floor from the start, even if the cache itself is refused:
@@ -318,18 +352,25 @@ class Agent:
         if new.logging != old.logging:
             setup_logging(new.logging.level, new.logging.format)
         if new.checks != old.checks:
-            self._executor.current = build_executor(new)
-            if new.checks.max_concurrent != old.checks.max_concurrent:
-                self.scheduler.set_max_concurrent(new.checks.max_concurrent)
-        if new.server.policy_keys != old.server.policy_keys:
+            try:
+                executor = build_executor(new)
+            except ConfigError as exc:
+                log.error("checks settings not reloaded, keeping the running ones: %s", exc)
+            else:
+                self._executor.current = executor
+                self.status.show_containment(executor)
+                if new.checks.max_concurrent != old.checks.max_concurrent:
+                    self.scheduler.set_max_concurrent(new.checks.max_concurrent)
+        if (new.server.policy_keys, new.server.insecure_accept_unsigned_policies) != (
+            old.server.policy_keys, old.server.insecure_accept_unsigned_policies
+        ):
             # Rotation: trust the new key from the next policy on, no restart needed.
             try:
-                self.policy = build_policy_verifier(new)
+                self.policy = build_policy_trust(new)
             except ConfigError as exc:
                 log.error("policy keys not reloaded, keeping the running ones: %s", exc)
             else:
-                log.info("policy keys reloaded: %s", ", ".join(self.policy.key_ids)
-                         if self.policy else "none (policies are not verified)")
+                self._report_policy_trust()
                 self._refused_version = None  # a refused policy may pass now: fetch again
                 self._wake_sync.set()
         self.config = new
@@ -424,6 +465,7 @@ class Agent:
             "running_checks": self.scheduler.running_count(),
             "hostname": self.config.agent.hostname,
             "policy_error": self._policy_error,
+            "instance_id": self.instance_id,
         }
         reply = self.auth.call(
             lambda c: self.transport.heartbeat(c.agent_id, c.access_token, beat))
@@ -509,9 +551,26 @@ class Agent:
 
     def _admit(self, assignment: Assignment) -> None:
         """Raise PolicyRejected unless ``assignment`` may run here."""
-        if self.policy is not None:
-            self.policy.verify(assignment, target_id=self._target_id(),
-                               last_serial=self._policy_serial)
+        self.policy.verify(assignment, target_id=self._target_id(),
+                           last_serial=self._policy_serial)
+
+    def _report_policy_trust(self) -> None:
+        """Say how policies are checked, loudly when they are not."""
+        trust = self.policy.describe()
+        self.status.update(policy_trust=trust)
+        if not self.policy.verifies:
+            log.warning("INSECURE: check policies from the server are %s: whoever can "
+                        "alter this agent's traffic to the server can run commands on this "
+                        "host", trust)
+        else:
+            log.info("check policies: %s", trust)
+
+    def _registered(self, grant: TokenGrant) -> None:
+        """A registration reply: pin the policy keys it announces, when that is safe."""
+        if self.policy.learn(grant, self.config.server.address, time.time()):
+            self._refused_version = None  # a refused policy may pass now: fetch again
+            self._wake_sync.set()
+        self.status.update(policy_trust=self.policy.describe())
 
     def _refuse(self, assignment: Assignment, exc: PolicyRejected, *, source: str) -> None:
         """Keep running the last good policy and say why the new one is not run."""
@@ -681,7 +740,7 @@ def check_once(
     """Run every assigned check once, in parallel, and return the results.
 
     The assignment comes from the server when it answers, else from the cached copy;
-    with policy keys configured either must pass verification, like in the daemon.
+    either must pass the daemon's policy verification (agent/policy_trust.py).
     While an agent daemon is running this never refreshes or registers: refresh tokens
     rotate, and spending the daemon's token would force it to re-register.
     Raises AgentError when there is no assignment to be had at all.
@@ -690,19 +749,18 @@ def check_once(
     agent_id = load_or_create_agent_id(config.agent.id_file)
     store = CredentialStore(state_dir / defaults.CREDENTIALS_FILE)
     cache = AssignmentCache(state_dir / defaults.ASSIGNMENT_FILE)
-    verifier = build_policy_verifier(config)
+    trust = build_policy_trust(config)
     cached = cache.load()
     creds = store.load()
     target_id = creds.agent_id if creds is not None else agent_id
     floor = cached.serial if cached is not None else None
 
     def verify(assignment: Assignment) -> None:
-        if verifier is not None:
-            verifier.verify(assignment, target_id=target_id, last_serial=floor)
+        trust.verify(assignment, target_id=target_id, last_serial=floor)
 
     transport = transport or build_transport(config)
     try:
-        assignment, source = _fetch_for_once(config, transport, store, agent_id)
+        assignment, source = _fetch_for_once(config, transport, store, agent_id, trust)
     finally:
         transport.close()
     if assignment is not None:
@@ -729,7 +787,8 @@ def check_once(
 
 
 def _fetch_for_once(
-    config: Config, transport: Transport, store: CredentialStore, agent_id: str
+    config: Config, transport: Transport, store: CredentialStore, agent_id: str,
+    trust: PolicyTrust,
 ) -> tuple[Assignment | None, str]:
     status = _daemon_status(config)
     daemon_running = status is not None and pid_running(status.get("pid"))
@@ -740,7 +799,10 @@ def _fetch_for_once(
                 return None, "the running agent holds no current access token to borrow"
             result = transport.fetch_checks(creds.agent_id, creds.access_token, None, 0)
         else:
-            auth = Authenticator(transport, store, registration_for(config, agent_id))
+            auth = Authenticator(
+                transport, store, registration_for(config, agent_id),
+                on_registered=lambda grant: trust.learn(grant, config.server.address,
+                                                        time.time()))
             result = auth.call(
                 lambda c: transport.fetch_checks(c.agent_id, c.access_token, None, 0))
     except AgentError as exc:
@@ -758,6 +820,17 @@ def _daemon_status(config: Config) -> dict[str, Any] | None:
 
 
 # -- host facts ----------------------------------------------------------------------------
+
+
+def _instance_id(state_dir: Path) -> str | None:
+    """This install's instance id (clone detection); None, and a warning, if the state
+    directory cannot keep it: heartbeats go on without it."""
+    try:
+        return load_or_create_instance_id(state_dir / defaults.INSTANCE_ID_FILE)
+    except OSError as exc:
+        log.warning("cannot keep the instance id in %s (%s): the server cannot tell clones "
+                    "of this agent apart", state_dir, exc)
+        return None
 
 
 def _local_ip(server_address: str) -> str | None:

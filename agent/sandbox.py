@@ -9,7 +9,10 @@ Everything here happens in the child between fork and exec, in one ``preexec_fn`
    privileges, so a set-user-ID or file-capability program runs with the caller's rights.
    Some Nagios plugins are set-user-ID root by design (``check_icmp``, ``check_dhcp``)
    and fail under it; ``checks.no_new_privs: false`` is the documented escape hatch;
-3. the unprivileged user (``checks.run_as``, ``nobody`` by default when the agent runs as
+3. the exec containment's Landlock ruleset (agent/containment.py), after no_new_privs and
+   before the user switch: the kernel accepts it from a process with no_new_privs set or
+   with CAP_SYS_ADMIN, which root loses with the switch;
+4. the unprivileged user (``checks.run_as``, ``nobody`` by default when the agent runs as
    root): supplementary groups dropped, then the group, then the user (in that order:
    once the user is gone, the group can no longer be changed).
 
@@ -107,8 +110,10 @@ def make_preexec(
     *,
     user: CheckUser | None = None,
     no_new_privs: bool = False,
+    restrict_exec: Callable[[], None] | None = None,
 ) -> Callable[[], None]:
-    """A ``preexec_fn`` applying limits, no_new_privs and the user, in that order.
+    """A ``preexec_fn`` applying limits, no_new_privs, ``restrict_exec`` (the Landlock
+    step of agent/containment.py) and the user, in that order.
 
     Everything is looked up here, in the parent: the child of a threaded process must do
     as little as possible before exec (no imports, no locks, no name lookups). An
@@ -126,6 +131,8 @@ def make_preexec(
             setrlimit(which, values)
         if prctl is not None and prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise OSError("prctl(PR_SET_NO_NEW_PRIVS) failed")
+        if restrict_exec is not None:
+            restrict_exec()
         if ids is not None:
             setgroups([])
             setgid(ids[1])

@@ -8,10 +8,15 @@ first instruction, so the limits are as race-free as before while a plugin start
 more than a bare ``subprocess`` spawn. A full ``fork()`` of the multi-threaded agent for
 every execution cost 2 to 3 ms; see BENCHMARKS.md, "Agent".
 
-This file runs as a script, ``python -I -S -c SOURCE FD CPU_BUDGET UID GID``, and imports
-only modules of the standard library that load no others, to stay small (about 9 MB
-resident, most of it the interpreter itself); it switches to the check user (UID, GID; -1:
-stay) once they are loaded. FD is one end of a ``SOCK_SEQPACKET`` socket pair:
+This file runs as a script, ``python -I -S -c SOURCE FD CPU_BUDGET UID GID RULESET
+SYSCALL``, and imports only modules of the standard library that load no others, to stay
+small (about 9 MB resident, most of it the interpreter itself); it switches to the check
+user (UID, GID; -1: stay) once they are loaded. Before that, when RULESET is a file
+descriptor (not -1), it restricts itself to that Landlock ruleset of the exec containment
+(agent/containment.py) with syscall number SYSCALL (``landlock_restrict_self``): the
+restriction has to wait until the interpreter runs, since exec'ing it would need the
+execute right that checks must not have, and every plugin it then starts inherits it.
+FD is one end of a ``SOCK_SEQPACKET`` socket pair:
 
 * agent to spawner: ``marshal`` of ``(request_id, path, argv, env)`` with the write end
   of the plugin's output pipe attached (``SCM_RIGHTS``);
@@ -177,8 +182,25 @@ def _received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     return fds
 
 
+def restrict_exec(ruleset: int, syscall_number: int) -> None:
+    """Enter the Landlock domain of ``ruleset``; raises OSError (and the spawner exits
+    before it says it is ready: checks then fail closed in the agent)."""
+    import ctypes  # only here: the cost of ctypes is paid only under Landlock
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    if libc.syscall(ctypes.c_long(syscall_number), ctypes.c_int(ruleset),
+                    ctypes.c_uint32(0)) != 0:
+        raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
+    os.close(ruleset)
+
+
 def main(argv: list[str]) -> None:
     fd, cpu_budget, uid, gid = int(argv[1]), float(argv[2]), int(argv[3]), int(argv[4])
+    ruleset, syscall_number = int(argv[5]), int(argv[6])
+    if ruleset >= 0:
+        # Before the user switch: without no_new_privs, only CAP_SYS_ADMIN allows it.
+        restrict_exec(ruleset, syscall_number)
     if uid >= 0:
         # Now that the interpreter and every module are loaded (the check user may not be
         # allowed to read them): the same order as agent/sandbox.py.

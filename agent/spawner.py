@@ -90,17 +90,22 @@ class Spawner:
     """One spawner process and the reader thread that takes its replies."""
 
     def __init__(self, preexec: Callable[[], None], cpu_budget: float,
-                 user: tuple[int, int] | None = None) -> None:
-        """``preexec`` sandboxes the spawner except for the user: it switches to ``user``
-        (uid, gid) itself once its interpreter is loaded, which the check user may not be
-        allowed to read."""
+                 user: tuple[int, int] | None = None,
+                 exec_ruleset: tuple[int, int] | None = None) -> None:
+        """``preexec`` sandboxes the spawner except for the user and the exec containment:
+        it switches to ``user`` (uid, gid) itself once its interpreter is loaded, which the
+        check user may not be allowed to read, and before that restricts itself to
+        ``exec_ruleset`` (a Landlock ruleset fd and the number of landlock_restrict_self,
+        agent/containment.py), which would not let it exec its interpreter."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         uid, gid = user if user is not None else (-1, -1)
+        ruleset, restrict_syscall = exec_ruleset if exec_ruleset is not None else (-1, -1)
+        passed = (theirs.fileno(),) if ruleset < 0 else (theirs.fileno(), ruleset)
         try:
             self._process = subprocess.Popen(
                 [_INTERPRETER, "-I", "-S", "-c", _source(), str(theirs.fileno()),
-                 str(cpu_budget), str(uid), str(gid)],
-                pass_fds=(theirs.fileno(),),
+                 str(cpu_budget), str(uid), str(gid), str(ruleset), str(restrict_syscall)],
+                pass_fds=passed,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 cwd="/",
@@ -224,10 +229,12 @@ class Spawner:
 
 class SpawnerPool:
     """Spawners by the sandbox settings they were started with, all for one check user
-    (uid, gid; None: the agent's own)."""
+    (uid, gid; None: the agent's own) and one exec containment (see :class:`Spawner`)."""
 
-    def __init__(self, user: tuple[int, int] | None = None) -> None:
+    def __init__(self, user: tuple[int, int] | None = None,
+                 exec_ruleset: tuple[int, int] | None = None) -> None:
         self._user = user
+        self._exec_ruleset = exec_ruleset
         self._spawners: dict[object, Spawner] = {}
         self._draining: list[Spawner] = []
         self._refused: dict[object, str] = {}
@@ -254,7 +261,7 @@ class SpawnerPool:
             # before the kernel would stop it.
             budget = cpu_seconds / 2 if cpu_seconds else 0.0
             try:
-                spawner = Spawner(preexec, budget, self._user)
+                spawner = Spawner(preexec, budget, self._user, self._exec_ruleset)
             except SpawnerUnavailable as exc:
                 log.warning("checks with these settings are started by the agent itself, "
                             "which costs more per run: %s", exc)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from agent.containment import describe as describe_containment
 from agent.executor import iso_utc
 from agent.model import CheckResult
 
@@ -45,6 +46,13 @@ class StatusBoard:
         with self._lock:
             self._state.update(fields)
         self.changed.set()
+
+    def show_containment(self, executor: object) -> None:
+        """Record the exec containment ``executor`` applies (agent/containment.py); an
+        executor without one (a test's fake) records nothing."""
+        containment = getattr(executor, "containment", None)
+        if containment is not None:
+            self.update(exec_containment=containment.summary())
 
     def connected(self, **fields: Any) -> None:
         """A call to the server succeeded."""
@@ -128,8 +136,12 @@ def render(status: Mapping[str, Any], *, running: bool) -> str:
     ]
     if status.get("last_error"):
         lines.append(f"last error:     {status.get('last_error_at')}: {status['last_error']}")
+    containment = status.get("exec_containment")
     lines += [
+        "exec containment: " + (describe_containment(containment)
+                                if isinstance(containment, Mapping) else "not reported"),
         f"config version: {status.get('config_version') or 'none'}",
+        f"check policies: {status.get('policy_trust') or 'unknown'}",
         f"spool:          {status.get('spool_depth', 0)} result(s) waiting, "
         f"{status.get('dropped_results', 0)} dropped",
         "",

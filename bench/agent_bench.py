@@ -236,9 +236,12 @@ def embedded_system(work: Path, checks: int, interval: int) -> Iterator[dict[str
         agent_dir = work / "agent"
         agent_dir.mkdir()
         config = agent_dir / "agent.yaml"
+        # The agent verifies the server's signed policies, as a deployed one does.
+        policy_key = cli_secret(data_dir, "policy-key", "show")
         config.write_text(f"""server:
   address: "{base}"
   bootstrap_token: "{bootstrap}"
+  policy_keys: ["{policy_key}"]
 agent:
   id_file: "{agent_dir}/agent-id"
   labels: {{bench: "true"}}

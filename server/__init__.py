@@ -23,8 +23,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
 
 def init_extensions(app: Flask, settings: Settings) -> None:
-    from server.jobs import context, sinks
+    from server.jobs import context
     from server.jobs.queues import JobQueues
+    from server.jobs.sinks import make_sinks
     from server.redis_conn import connect
     from server.services import policy
     from server.services.certificates import AuthorityCache
@@ -40,10 +41,11 @@ def init_extensions(app: Flask, settings: Settings) -> None:
     from server import metrics
 
     metrics.init_app(app, database, client)
-    # Jobs run inline here when embedded, and event sinks queue deliveries from requests:
-    # both use this app's database and Redis.
-    context.configure(settings, database, client)
-    sinks.install()
+    # Jobs run inline here when embedded: they use this app's database, Redis and
+    # event sinks (RQ jobs, or the embedded server's background delivery thread).
+    event_sinks = make_sinks(settings, client)
+    app.extensions[extensions.EVENT_SINKS] = event_sinks
+    context.configure(settings, database, client, event_sinks)
     policy.install()
     app.extensions[extensions.POLICY_KEY] = _policy_key(settings)
     # Loaded on first use, so 'aami-server ca init' on a running server needs no restart.
@@ -89,6 +91,7 @@ def register_blueprints(app: Flask) -> None:
         certificates,
         checks,
         commands,
+        dead_letters,
         events,
         groups,
         health,
@@ -113,6 +116,7 @@ def register_blueprints(app: Flask) -> None:
         events,
         jobs,
         commands,
+        dead_letters,
         audit,
         openapi,
     ):

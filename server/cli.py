@@ -392,6 +392,30 @@ def token_revoke(token_id: str) -> None:
         click.echo(f"revoked bootstrap token {row.id} ({row.prefix}...)")
 
 
+@main.group()
+def agent() -> None:
+    """Agent identities (docs/security.md)."""
+
+
+@agent.command("reset")
+@click.argument("agent_id")
+def agent_reset(agent_id: str) -> None:
+    """Forget which agent claimed AGENT_ID and revoke its credentials, so that a rebuilt
+    host (which lost its registration key) can register under the id again with any
+    bootstrap token. Prefer `token create --agent-id` when you can hand the host a token."""
+    from server.services import audit, registration
+
+    with _session() as session:
+        target = registration.reset_claim(session, agent_id)
+        audit.record(
+            session, audit.cli_actor(), "agent.reset", target.id, {"hostname": target.hostname}
+        )
+        click.echo(
+            f"reset agent {target.id} ({target.hostname}): its credentials are revoked and "
+            "the next agent to register under this id claims it"
+        )
+
+
 @main.group("admin-token")
 def admin_token() -> None:
     """Tokens for operators and scripts calling the admin API."""
@@ -452,6 +476,116 @@ def admin_token_revoke(token_id: str) -> None:
             {"name": row.name, "role": row.role, "prefix": row.prefix},
         )
         click.echo(f"revoked admin token {row.id} ({row.prefix}...)")
+
+
+@main.group("dead-letter")
+def dead_letter() -> None:
+    """Result batches set aside because they could not be stored.
+
+    A batch the database refuses (or that is not a batch at all) is set aside so that the
+    others are stored; list them, look at one, queue one again once the cause is fixed
+    (one that still fails is set aside again), or drop one for good.
+    """
+
+
+@dead_letter.command("list")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
+def dead_letter_list(limit: int) -> None:
+    """List set-aside batches, oldest first."""
+    from server.jobs import dead_letters
+
+    with _session() as session:
+        _print_table(
+            ["id", "set aside", "agent", "results", "error"],
+            [
+                [
+                    letter.id,
+                    letter.set_aside_at.isoformat(timespec="seconds"),
+                    letter.agent_id or "-",
+                    letter.results,
+                    letter.error[:80],
+                ]
+                for letter in dead_letters.list_letters(session, limit=limit)
+            ],
+        )
+
+
+@dead_letter.command("show")
+@click.argument("letter_id")
+def dead_letter_show(letter_id: str) -> None:
+    """Print one set-aside batch: why it was set aside, then the batch as queued (JSON)."""
+    import json
+
+    from server.jobs import dead_letters
+
+    with _session() as session:
+        described = dead_letters.describe(
+            dead_letters.get_letter(session, letter_id), with_batch=True
+        )
+    batch = described.pop("batch")
+    for key, value in described.items():
+        click.echo(f"{key}: {value}", err=True)
+    try:
+        click.echo(json.dumps(json.loads(batch), indent=2))
+    except ValueError:
+        click.echo(batch)
+
+
+@dead_letter.command("replay")
+@click.argument("letter_id")
+def dead_letter_replay(letter_id: str) -> None:
+    """Queue a set-aside batch for storing again (embedded: store it now)."""
+    from server.db import Database
+    from server.jobs import backlog, context
+    from server.jobs.queues import JobQueues
+    from server.redis_conn import connect
+
+    settings = _admin_settings()
+    prepare_embedded_database(settings)
+    database = Database(settings.database_url())
+    client = connect(settings.REDIS_URL, settings.DATA_DIR)
+    # Embedded, the drain job runs here, in this process, against the same database.
+    context.configure(settings, database, client)
+    try:
+        with database.session() as session:
+            described, outcome = backlog.replay(
+                session, JobQueues(client, inline=settings.embedded), letter_id
+            )
+    except AamiError as exc:
+        raise click.ClickException(exc.message) from None
+    finally:
+        database.engine.dispose()
+    _audit_best_effort("dead_letter.replay", letter_id, {**described, "outcome": outcome})
+    messages = {
+        "stored": "stored",
+        "set_aside": "could not be stored again: set aside again (see: aami-server "
+        f"dead-letter show {letter_id})",
+        "queued": "queued for the ingest workers",
+    }
+    click.echo(f"batch {letter_id} ({described['results']} results): {messages[outcome]}")
+    if outcome == "set_aside":
+        sys.exit(1)
+
+
+@dead_letter.command("drop")
+@click.argument("letter_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dead_letter_drop(letter_id: str, yes: bool) -> None:
+    """Delete a set-aside batch for good: its results are never stored."""
+    from server.jobs import dead_letters
+    from server.services import audit
+
+    with _session() as session:
+        letter = dead_letters.get_letter(session, letter_id)
+        if not yes:
+            click.confirm(
+                f"drop batch {letter_id} ({letter.results} results of agent "
+                f"{letter.agent_id or '?'}) for good?",
+                abort=True,
+            )
+        described = dead_letters.describe(dead_letters.drop(session, letter_id))
+        audit.record(session, audit.cli_actor(), "dead_letter.drop", letter_id, described)
+    click.echo(f"dropped batch {letter_id}")
 
 
 @main.command()

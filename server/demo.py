@@ -8,6 +8,7 @@ every two seconds until Ctrl-C, which stops everything cleanly.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -44,8 +45,12 @@ echo "FLAKY WARNING - odd window"; exit 1
 }
 
 
+def _have_monitoring_plugins() -> bool:
+    return (PLUGIN_DIR / "check_dummy").exists()
+
+
 def _sample_checks(plugin_dir: Path) -> list[dict[str, Any]]:
-    if (PLUGIN_DIR / "check_dummy").exists():
+    if _have_monitoring_plugins():
         p = str(PLUGIN_DIR)
         return [
             {"id": "load", "command": [f"{p}/check_load", "-r", "-w", "4,3,2", "-c", "8,6,4"]},
@@ -63,6 +68,13 @@ def _sample_checks(plugin_dir: Path) -> list[dict[str, Any]]:
         }
         for name in BUNDLED_PLUGINS
     ]
+
+
+def _script_executables() -> list[str]:
+    """What the checks may execute past the agent's exec containment besides the plugin
+    directories: nothing for monitoring-plugins' programs; the shell and its tools for the
+    bundled stand-ins, which are shell scripts."""
+    return [] if _have_monitoring_plugins() else ["/bin/sh", "/usr/bin"]
 
 
 def _free_port() -> int:
@@ -120,7 +132,10 @@ class Demo:
         self._wait_ready()
         plugin_dir = self._write_bundled_plugins()
         self._create_checks(plugin_dir)
-        config = self._write_agent_config(bootstrap, plugin_dir)
+        # The server made its policy key at its first start; the agent trusts it from the
+        # start (over plain HTTP it would learn no key, and refuse every policy).
+        policy_key = self._cli("policy-key", "show")
+        config = self._write_agent_config(bootstrap, plugin_dir, policy_key)
         self._spawn([sys.executable, "-m", "agent", "run", "-c", str(config)], "agent.log")
         print(f"agent started with {config}; logs in {self.data_dir}/*.log. Ctrl-C stops.")
 
@@ -130,8 +145,8 @@ class Demo:
             try:
                 if requests.get(f"{self.base}/readyz", timeout=1).ok:
                     return
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or too busy starting to answer in time
             if any(p.poll() is not None for p in self.processes):
                 break
             time.sleep(0.2)
@@ -162,7 +177,7 @@ class Demo:
                 )
             reply.raise_for_status()
 
-    def _write_agent_config(self, bootstrap: str, plugin_dir: Path) -> Path:
+    def _write_agent_config(self, bootstrap: str, plugin_dir: Path, policy_key: str) -> Path:
         agent_dir = self.data_dir / "agent"
         agent_dir.mkdir(exist_ok=True)
         config = agent_dir / "agent.yaml"
@@ -171,6 +186,7 @@ class Demo:
 server:
   address: "{self.base}"
   bootstrap_token: "{bootstrap}"
+  policy_keys: ["{policy_key}"]  # the server's: aami-server policy-key show
   tls:
     enabled: false
 agent:
@@ -182,6 +198,7 @@ checks:
   default_timeout: 10s
   max_concurrent: 4
   allowed_paths: ["{PLUGIN_DIR}", "{plugin_dir}"]
+  allowed_executables: {json.dumps(_script_executables())}
 logging: {{level: info, format: json}}
 """
         )

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from server.jobs.queues import JobQueues
+    from server.jobs.sinks import EventSinks
     from server.services.certificates import AuthorityCache
     from server.services.notify import ChangeNotifier
 
@@ -22,6 +23,7 @@ NOTIFIER = "aami.notifier"
 QUEUES = "aami.queues"
 POLICY_KEY = "aami.policy_key"
 AUTHORITY = "aami.certificate_authority"
+EVENT_SINKS = "aami.event_sinks"
 
 
 def settings() -> Settings:
@@ -46,3 +48,7 @@ def job_queues() -> JobQueues:
 
 def certificate_authority() -> AuthorityCache:
     return current_app.extensions[AUTHORITY]
+
+
+def event_sinks() -> EventSinks:
+    return current_app.extensions[EVENT_SINKS]

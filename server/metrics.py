@@ -32,13 +32,19 @@ from rq.registry import FailedJobRegistry
 from sqlalchemy import func, select
 
 from server.db import Database
-from server.jobs import backlog
+from server.jobs import backlog, dead_letters
 from server.jobs.ingest import INGEST_LAG_KEY, RESULTS_INGESTED_KEY
 from server.jobs.queues import ALL_QUEUES
 from server.models import CheckState, Target
 
 TARGET_STATUSES = ("pending", "online", "stale", "offline")
 CHECK_STATUSES = ("ok", "warning", "critical", "unknown")
+
+# Label values come from known sets only: a label taken from the request as sent would let
+# any client mint new time series (a random method or path per request) without bound.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+UNMATCHED_ENDPOINT = "unmatched"
 
 REQUEST_LATENCY = Histogram(
     "aami_http_request_duration_seconds",
@@ -92,6 +98,7 @@ class FleetCollector(Collector):
         batches.add_metric(["waiting"], waiting)
         batches.add_metric(["storing"], storing)
         yield batches
+        yield from dead_letters.metric_families(self.database, self.client)
         depth = GaugeMetricFamily("aami_queue_depth", "Jobs waiting per queue.", labels=["queue"])
         failed = GaugeMetricFamily(
             "aami_queue_failed_jobs", "Failed jobs per queue.", labels=["queue"]
@@ -102,6 +109,14 @@ class FleetCollector(Collector):
             failed.add_metric([name], FailedJobRegistry(queue=queue).count)
         yield depth
         yield failed
+
+
+def request_labels(status: int) -> tuple[str, str, str]:
+    """The (method, endpoint, status) labels of this request, each from a bounded set:
+    the route's rule (not the path sent), a standard method or ``other``."""
+    method = request.method if request.method in HTTP_METHODS else OTHER_METHOD
+    endpoint = request.url_rule.rule if request.url_rule else UNMATCHED_ENDPOINT
+    return method, endpoint, str(status)
 
 
 def init_app(app: Flask, database: Database, client: redis.Redis) -> None:
@@ -115,11 +130,9 @@ def init_app(app: Flask, database: Database, client: redis.Redis) -> None:
     def _observe(response: Response) -> Response:
         started = g.pop("request_started", None)
         if started is not None:
-            REQUEST_LATENCY.labels(
-                request.method,
-                request.url_rule.rule if request.url_rule else "unmatched",
-                response.status_code,
-            ).observe(time.perf_counter() - started)
+            REQUEST_LATENCY.labels(*request_labels(response.status_code)).observe(
+                time.perf_counter() - started
+            )
         return response
 
     def metrics() -> Response:

@@ -22,11 +22,13 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
     Text,
     TypeDecorator,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -89,7 +91,16 @@ class Target(Base):
     group_id: Mapped[str | None] = mapped_column(
         ForeignKey("groups.id", ondelete="SET NULL"), index=True
     )
+    # Trusted labels, set by an operator or a bootstrap token: checks that carry secrets
+    # (``env``) are assigned through these, never through ``agent_labels`` (docs/security.md).
     labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Labels the agent declared itself (agent.yaml); the trusted ones win on conflict.
+    agent_labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # True when ``group_id`` is a group the agent asked for (no operator or token set one):
+    # such a group does not deliver checks that carry secrets.
+    group_from_agent: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
     attributes: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     # pending (never seen), online, stale, offline: written only on transitions.
     status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
@@ -104,6 +115,11 @@ class Target(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     group: Mapped[Group | None] = relationship(lazy="joined")
+
+    @property
+    def effective_labels(self) -> dict[str, Any]:
+        """Every label of the target: the agent's own, overridden by the trusted ones."""
+        return {**(self.agent_labels or {}), **(self.labels or {})}
 
 
 class BootstrapToken(Base):
@@ -204,6 +220,9 @@ class CheckResult(Base):
     perfdata: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The agent's own executed_at when it lay outside the window the server trusts (its
+    # clock ran ahead): ``executed_at`` is then the time the server received the result.
+    agent_executed_at: Mapped[datetime | None]
 
     __table_args__ = (
         # History of one check on one host, newest first: the API's and UI's main query.
@@ -280,6 +299,21 @@ class AuditLog(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
+class DeadLetter(Base):
+    """A result batch set aside because it could not be stored (server.jobs.dead_letters)."""
+
+    __tablename__ = "dead_letters"
+
+    # A digest of the batch as queued: setting the same batch aside twice keeps one row.
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    agent_id: Mapped[str | None] = mapped_column(String(64))
+    results: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    # The batch exactly as it was queued, byte for byte, so that a replay is faithful.
+    batch: Mapped[bytes] = mapped_column(LargeBinary)
+    set_aside_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
 __all__ = [
     "AdminToken",
     "AgentCredential",
@@ -290,6 +324,7 @@ __all__ = [
     "CheckAssignment",
     "CheckResult",
     "CheckState",
+    "DeadLetter",
     "Event",
     "Group",
     "PolicySerial",

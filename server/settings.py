@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from server.errors import SettingsError
 from server.security.ratelimit import parse_rate_limit
+from server.security.redaction import redact_url
 
 if TYPE_CHECKING:
     from ipaddress import IPv4Network, IPv6Network
@@ -49,6 +50,10 @@ class Settings:
     MAX_RESULTS_PER_BATCH: int = 500
     MAX_OUTPUT_LENGTH: int = 16384
     RESULT_RETENTION_DAYS: int = 30
+    # How far ahead of the server's clock a result's executed_at may lie, in seconds. A result
+    # dated later (its agent's clock runs ahead) is stored at the time the server received it,
+    # with the agent's time kept beside it; one older than RESULT_RETENTION_DAYS is refused.
+    RESULT_MAX_FUTURE_SKEW: int = 300
     # Ed25519 key that signs check policies (PEM). Empty: DATA_DIR/policy.key, created
     # on first use by the embedded server; a production deployment should set it.
     POLICY_KEY_FILE: str = ""
@@ -70,6 +75,9 @@ class Settings:
     # refreshes per agent id and client address. Counted in Redis, shared by every worker.
     REGISTER_RATE_LIMIT: str = "30/1m"
     REFRESH_RATE_LIMIT: str = "10/1m"
+    # "COUNT/PERIOD" or "off": failed admin-token attempts (API or UI login) per client
+    # address; past it, that address's admin-token attempts get 429 until the window ends.
+    ADMIN_AUTH_FAILURE_LIMIT: str = "10/1m"
     # Admission control (server/api/admission.py), per server process: API calls worked on
     # at once, registrations among them, and how long a call may wait for a place before
     # it is answered 503 server_busy with a Retry-After.
@@ -78,6 +86,10 @@ class Settings:
     ADMISSION_WAIT_MS: int = 2000
     # Comma-separated http(s) URLs that receive every event as a CloudEvent.
     EVENT_WEBHOOKS: str = ""
+    # Seconds a webhook has to answer one delivery (1-20; an RQ job's timeout is 30 s).
+    EVENT_WEBHOOK_TIMEOUT: int = 10
+    # Embedded server: deliveries waiting per webhook before new events are dropped.
+    EVENT_WEBHOOK_QUEUE_SIZE: int = 10000
     LOG_LEVEL: str = "info"
     LOG_FORMAT: str = "json"
 
@@ -193,8 +205,16 @@ def _validate(settings: Settings) -> None:
         raise SettingsError(f"{ENV_PREFIX}REDIS_URL: expected a redis:// or rediss:// URL")
     for url in settings.event_webhook_urls():
         if not url.startswith(("http://", "https://")):
-            raise SettingsError(f"{ENV_PREFIX}EVENT_WEBHOOKS: {url!r} is not an http(s) URL")
-    for name in ("REGISTER_RATE_LIMIT", "REFRESH_RATE_LIMIT"):
+            raise SettingsError(
+                f"{ENV_PREFIX}EVENT_WEBHOOKS: {redact_url(url)!r} is not an http(s) URL"
+            )
+    if not 1 <= settings.EVENT_WEBHOOK_TIMEOUT <= 20:
+        raise SettingsError(f"{ENV_PREFIX}EVENT_WEBHOOK_TIMEOUT: must be 1 to 20 seconds")
+    if settings.RESULT_MAX_FUTURE_SKEW < 0:
+        raise SettingsError(f"{ENV_PREFIX}RESULT_MAX_FUTURE_SKEW: must be 0 seconds or more")
+    if settings.EVENT_WEBHOOK_QUEUE_SIZE < 1:
+        raise SettingsError(f"{ENV_PREFIX}EVENT_WEBHOOK_QUEUE_SIZE: must be at least 1")
+    for name in ("REGISTER_RATE_LIMIT", "REFRESH_RATE_LIMIT", "ADMIN_AUTH_FAILURE_LIMIT"):
         try:
             parse_rate_limit(getattr(settings, name))
         except ValueError as exc:

@@ -81,6 +81,11 @@ class TokenGrant:
     heartbeat_interval: float | None = None
     certificate: IssuedCertificate | None = None
     """Set by a registration that carried a CSR, when the server's CA signed it."""
+    policy_keys: tuple[str, ...] = ()
+    """Set by registration: the keys the server signs check policies with, as it says."""
+    verified_tls: bool = False
+    """The reply came over TLS with a verified server certificate, so ``policy_keys``
+    are the server's own and not a man in the middle's (agent/policy_trust.py pins them)."""
 
 
 @dataclass(frozen=True)

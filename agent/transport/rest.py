@@ -162,7 +162,13 @@ class RestTransport:
             body["registration_key"] = registration.registration_key
         reply = self._json(self._call("POST", "/bootstrap-tokens/register", json=body,
                                       errors=_REGISTER_ERRORS))
-        grant = _token_grant(reply, "register")
+        grant = dataclasses.replace(
+            _token_grant(reply, "register"),
+            policy_keys=_policy_keys(reply.get("policy_keys")),
+            # requests verifies every https connection (verify is a CA bundle or True) and
+            # never follows redirects here, so https means the server proved who it is.
+            verified_tls=self.base_url.startswith("https://") and self._verify is not False,
+        )
         if reply.get("certificate") is not None:
             grant = dataclasses.replace(grant, certificate=_issued(reply, "register"))
         return grant
@@ -395,6 +401,11 @@ def _signature(raw: object) -> PolicySignature | None:
         key_id=str(raw.get("key_id") or ""),
         value=str(raw.get("value") or ""),
     )
+
+
+def _policy_keys(raw: object) -> tuple[str, ...]:
+    """The strings of the reply's ``policy_keys`` (agent/policy_trust.py checks each one)."""
+    return tuple(item for item in raw if isinstance(item, str)) if isinstance(raw, list) else ()
 
 
 def _commands(raw: object) -> tuple[Command, ...]:

@@ -199,14 +199,12 @@ class Stack:
             "AAMI_TRUSTED_PROXIES": LOOPBACK,
             "AAMI_LOG_LEVEL": self.log_level,
             "AAMI_HEARTBEAT_INTERVAL": str(max(1, round(self.heartbeat_interval))),
-            "AAMI_POLICY_KEY_FILE": str(self.workdir / "server" / "policy.key"),
             **self.server_env,
         }
         server = FleetServer(self.workdir / "server", serving=self.serving,
                              database_url=self.database_url, redis_url=self.redis_url,
                              extra_settings=settings)
-        (self.workdir / "server").mkdir(parents=True, exist_ok=True)
-        server.cli("policy-key", "create")
+        # LiveServer gave it a policy key: it signs every policy, as in production.
         self.server = server
         server.start()
         self.workers = [FleetWorker(server, index=n) for n in range(self.worker_count)]

@@ -10,8 +10,8 @@ from flask import Blueprint
 from server.api import schemas
 from server.api.routing import route
 from server.db import db_session
-from server.extensions import redis_client, settings
-from server.services import commands, liveness
+from server.extensions import event_sinks, redis_client, settings
+from server.services import clones, commands, liveness
 from server.services.assignments import config_version, target_and_serial
 from server.services.targets import transition_status
 
@@ -36,17 +36,24 @@ def heartbeat(agent_id: str, body: dict[str, Any]) -> dict[str, Any]:
     # The database is done with unless the status changes: let the connection go.
     session.commit()
     facts = {k: v for k, v in body.items() if v is not None}
-    known_status, pending = liveness.beat(client, agent_id, facts)
-    if known_status != "online":
-        try:
+    instance_id = body.get("instance_id")
+    known_status, pending, previous_instance = liveness.beat(
+        client, agent_id, facts, instance_id
+    )
+    try:
+        if known_status != "online":
             # Only transitions reach the database; Redis remembers the rest.
-            if transition_status(session, agent_id, "online", when=datetime.now(UTC)):
+            event = transition_status(session, agent_id, "online", when=datetime.now(UTC))
+            if event is not None:
                 session.commit()
+                event_sinks().announce([event])
             liveness.remember_status(client, agent_id, "online")
-        except Exception:
-            # This reply will not carry the commands taken above: keep them for the next.
-            commands.give_back(client, agent_id, pending)
-            raise
+        if instance_id:
+            clones.check_instance(client, session, agent_id, previous_instance, instance_id)
+    except Exception:
+        # This reply will not carry the commands taken above: keep them for the next.
+        commands.give_back(client, agent_id, pending)
+        raise
     return {
         "config_version": config_version(session, target, serial),
         "heartbeat_interval": settings().HEARTBEAT_INTERVAL,

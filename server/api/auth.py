@@ -1,8 +1,11 @@
 """Who is calling: admin tokens (opaque, hashed) and agent access JWTs.
 
 An agent's token is good for its own paths only: the ``agent_id`` in the URL must be the
-token's subject. A client certificate, when one was presented (or is required), must name
-that same agent (``server.api.peer``).
+token's subject, and it must have been issued under the agent's current credential
+generation (one Redis read: revoking an agent cuts it off at once). A client certificate,
+when one was presented (or is required), must name that same agent (``server.api.peer``).
+Failed admin-token attempts are counted per client address and audited
+(``server.security.admin_auth``).
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ from typing import Any
 from flask import g, request
 from sqlalchemy import select
 
-from server.api.peer import enforce_certificate_binding
-from server.db import db_session
+from server.api.peer import client_address, enforce_certificate_binding
+from server.db import db_session, get_database
 from server.errors import Forbidden, Unauthorized
-from server.extensions import settings
+from server.extensions import redis_client, settings
 from server.models import AdminToken
+from server.security import admin_auth, revocation
 from server.security.jwt_tokens import JwtConfig, verify_access_token
+from server.security.ratelimit import parse_rate_limit
 from server.security.secrets import ADMIN_PREFIX, hash_secret
 from server.services.audit import admin_actor
 
@@ -62,16 +67,40 @@ def _bearer() -> str:
     return token.strip()
 
 
+def find_admin_token(secret: str, *, via: str) -> AdminToken | None:
+    """The live admin token with this secret, or None (a failure counted and audited);
+    429 while this client address is refused for too many failures."""
+    address = client_address()
+    limit = parse_rate_limit(settings().ADMIN_AUTH_FAILURE_LIMIT)
+    admin_auth.refuse_if_blocked(redis_client(), address, limit)
+    row = db_session().scalar(
+        select(AdminToken).where(AdminToken.token_hash == hash_secret(secret))
+    )
+    if row is not None and row.revoked_at is None:
+        return row
+    reason = "unknown token" if row is None else "revoked token"
+    admin_auth.record_failure(
+        redis_client(), get_database(), address, limit, via=via, reason=reason
+    )
+    return None
+
+
 def _admin_caller(token: str) -> Caller:
-    row = db_session().scalar(select(AdminToken).where(AdminToken.token_hash == hash_secret(token)))
-    if row is None or row.revoked_at is not None:
+    row = find_admin_token(token, via="api")
+    if row is None:
         raise Unauthorized("unknown or revoked admin token", code="invalid_token")
     return Caller(kind="admin", name=row.name, role=row.role, token_id=row.id)
 
 
 def _agent_caller(token: str) -> Caller:
-    agent_id = verify_access_token(jwt_config(), token)
-    return Caller(kind="agent", name=f"agent:{agent_id}", agent_id=agent_id)
+    claims = verify_access_token(jwt_config(), token)
+    if not revocation.is_current(redis_client(), claims.agent_id, claims.generation):
+        raise Unauthorized(
+            "access token revoked: refresh it with POST /api/v1/agents/{id}/token, or "
+            "re-register the agent if its refresh token was revoked too",
+            code="token_revoked",
+        )
+    return Caller(kind="agent", name=f"agent:{claims.agent_id}", agent_id=claims.agent_id)
 
 
 def authenticate(mode: str, path_args: dict[str, Any]) -> Caller | None:

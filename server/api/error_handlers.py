@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from server.api.routing import allowed_methods
 from server.errors import AamiError, RateLimited, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ def register_error_handlers(app: Flask) -> None:
         for name, value in exc.get_headers():
             if name.lower() != "content-type":
                 response.headers[name] = value
+        if status == 405:
+            response.headers["Allow"] = allowed_methods()
         return response, status
 
     @app.errorhandler(IntegrityError)

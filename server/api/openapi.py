@@ -6,11 +6,13 @@ import re
 from typing import Any
 
 from apispec import APISpec
-from apispec.ext.marshmallow import MarshmallowPlugin
+from apispec.ext.marshmallow import MarshmallowPlugin, resolver
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
+from marshmallow import fields
 
 from server.api import schemas
+from server.api.fields import Duration, duration_pattern
 from server.api.routing import REGISTRY, RouteDoc, route
 
 bp = Blueprint("openapi", __name__, url_prefix="/api/v1")
@@ -30,7 +32,12 @@ def _operation(doc: RouteDoc) -> dict[str, Any]:
     if doc.auth not in ("none", "bootstrap"):
         operation["security"] = [{"bearer": []}]
     parameters: list[dict[str, Any]] = [
-        {"in": "path", "name": name, "required": True, "schema": {"type": "string"}}
+        {
+            "in": "path",
+            "name": name,
+            "required": True,
+            "schema": {"type": "string", "pattern": NO_NUL},
+        }
         for name in re.findall(r"<(\w+)>", doc.path)
     ]
     if doc.query:
@@ -63,6 +70,11 @@ def _operation(doc: RouteDoc) -> dict[str, Any]:
             "409", {"description": "conflicts with the current state: see the message", **error}
         )
     responses.setdefault(
+        "414",
+        {"description": "the URL is longer than the server reads (answered by gunicorn, "
+         "before the API, so not as JSON)"},
+    )
+    responses.setdefault(
         "503",
         {"description": "database or Redis unavailable, or the server at capacity "
          "(server_busy): retry after Retry-After", **error},
@@ -82,20 +94,94 @@ def _operation(doc: RouteDoc) -> dict[str, Any]:
     return operation
 
 
+# What every string the API takes must satisfy beyond its own rules: no NUL (PostgreSQL
+# cannot store it; server.api.storable refuses it). Lone surrogates cannot be written in
+# a JSON Schema pattern; the API refuses them all the same.
+NO_NUL = "^[^\\u0000]*$"
+
+
+def _enforced_rules(
+    converter: Any, field: fields.Field, ret: dict[str, Any], **_: Any
+) -> dict[str, Any]:
+    """The rules the fields enforce that apispec leaves out of the document, so that a
+    request valid by the document is one the API accepts (schemathesis checks both ways).
+
+    Runs for every field of every schema, those other modules add included.
+    """
+    if isinstance(field, Duration):
+        alternatives: list[dict[str, Any]] = [
+            {"type": "number", "minimum": field.minimum, "maximum": field.maximum},
+            {"type": "string", "pattern": duration_pattern(field.minimum, field.maximum)},
+        ]
+        if field.allow_none:
+            alternatives.append({"type": "null"})
+        for key in ("type", "example"):
+            ret.pop(key, None)
+        return {"anyOf": alternatives, "examples": ["30s"]}
+    # (``ret`` may hold lists from a field's metadata: replaced here, never changed in place.)
+    for key in ("oneOf", "anyOf"):
+        if key in ret:
+            # Alternatives written in a field's metadata: their strings are held to it too.
+            ret[key] = [
+                {"pattern": NO_NUL, **alternative}
+                if alternative.get("type") == "string"
+                else alternative
+                for alternative in ret[key]
+            ]
+    if ret.pop("nullable", False):
+        # OpenAPI 3.0's spelling, in a field's metadata; 3.1 says it with the type "null".
+        key = "oneOf" if "oneOf" in ret else "anyOf"
+        if key in ret:
+            ret[key] = [*ret[key], {"type": "null"}]
+        elif "type" in ret:
+            ret["type"] = [ret["type"], "null"]
+    if isinstance(field, fields.String) and "pattern" not in ret and "format" not in ret:
+        return {"pattern": NO_NUL}
+    if type(field) is fields.Raw:
+        # Any JSON value; a string at the top is held to the same rule as every other.
+        return {"anyOf": [{"not": {"type": "string"}}, {"type": "string", "pattern": NO_NUL}]}
+    if isinstance(field, fields.Dict):
+        rules: dict[str, Any] = {}
+        # apispec writes a Length on a Dict as a string's min/maxLength: it counts keys.
+        for length, count in (("minLength", "minProperties"), ("maxLength", "maxProperties")):
+            if length in ret:
+                rules[count] = ret.pop(length)
+        if field.key_field is not None:
+            rules["propertyNames"] = converter.field2property(field.key_field)
+        return rules
+    return {}
+
+
 def build_spec() -> dict[str, Any]:
+    plugin = MarshmallowPlugin()
     spec = APISpec(
         title="AAMI config-server",
         version="1",
-        openapi_version="3.0.3",
-        plugins=[MarshmallowPlugin()],
+        # 3.1: JSON Schema 2020-12, which can state rules 3.0 cannot (propertyNames).
+        openapi_version="3.1.0",
+        plugins=[plugin],
     )
+    assert plugin.converter is not None
+    plugin.converter.add_attribute_function(_enforced_rules)
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     paths: dict[str, dict[str, Any]] = {}
     for doc in REGISTRY:
         paths.setdefault(re.sub(r"<(\w+)>", r"{\1}", doc.path), {})[doc.method] = _operation(doc)
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)
-    return spec.to_dict()
+    document = spec.to_dict()
+    _add_schema_rules(document["components"]["schemas"])
+    return document
+
+
+def _add_schema_rules(components: dict[str, Any]) -> None:
+    """Rules across fields (``openapi_rules`` on a schema class), which no field states."""
+    for doc in REGISTRY:
+        for schema in (doc.body, doc.query, doc.reply):
+            rules = getattr(schema, "openapi_rules", None)
+            name = resolver(schema) if schema is not None else None
+            if rules and name in components:
+                components[name].update(rules)
 
 
 @route(bp, "/openapi.json", "GET", summary="This document (OpenAPI 3)", auth="none")

@@ -14,8 +14,9 @@ from server.api.auth import jwt_config
 from server.api.peer import PeerCertificate, client_address, peer_certificate
 from server.api.routing import route
 from server.db import db_session, get_database
-from server.extensions import certificate_authority, settings
+from server.extensions import certificate_authority, policy_key, settings
 from server.security.ca import CertificateAuthority
+from server.security.policy import public_key_text
 from server.services import credentials
 from server.services.certificates import issue_agent_certificate
 from server.services.registration import Registration, register_agent
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
     auth="bootstrap",
     extra_statuses={
         200: "an existing target was connected",
+        403: "the bootstrap token registers into another group (group_out_of_scope)",
         409: "agent id in use, or a csr sent to a server without a CA (ca_not_configured)",
     },
     rate_limit="register",
@@ -93,6 +95,7 @@ def _register(
     reply: dict[str, Any] = {
         "agent_id": registration.agent_id,
         "heartbeat_interval": settings().HEARTBEAT_INTERVAL,
+        "policy_keys": _policy_public_keys(),
         **registration.tokens.as_reply(),
     }
     if authority is not None and csr is not None:
@@ -108,6 +111,12 @@ def _register(
             )
         )
     return registration, reply
+
+
+def _policy_public_keys() -> list[str]:
+    """What agents verify this server's policies with (agent/policy_trust.py pins them)."""
+    key = policy_key()
+    return [] if key is None else [public_key_text(key)]
 
 
 @route(

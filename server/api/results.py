@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from flask import Blueprint
@@ -19,6 +19,8 @@ from server.db import db_session
 from server.errors import InvalidFields
 from server.extensions import job_queues, settings
 from server.jobs import backlog
+from server.jobs.clock_window import ClockWindow
+from server.models import utcnow
 from server.services.assignments import assigned_check_ids, target_and_serial
 
 bp = Blueprint("results", __name__, url_prefix="/api/v1")
@@ -39,6 +41,7 @@ _RESULT_FIELDS = frozenset(
 _RESULT_REQUIRED = frozenset(("result_id", "check_id", "status", "exit_code", "executed_at"))
 _PERF_FIELDS = frozenset(("label", "value", "uom", "warn", "crit", "min", "max"))
 _PERF_NUMBERS = ("value", "min", "max")
+_PERF_THRESHOLDS = ("warn", "crit")
 _SLUG = cast("re.Pattern[str]", SLUG.regex)
 _EXIT_MIN, _EXIT_MAX = _limits(schemas.AgentResult, "exit_code")
 _DURATION_MIN, _DURATION_MAX = _limits(schemas.AgentResult, "duration_ms")
@@ -46,12 +49,27 @@ _OUTPUT_MAX = _limits(schemas.AgentResult, "output")[1]
 _PERF_ITEMS_MAX = _limits(schemas.AgentResult, "perfdata")[1]
 _LABEL_MAX = _limits(schemas.Perfdata, "label")[1]
 _UOM_MAX = _limits(schemas.Perfdata, "uom")[1]
+_THRESHOLD_MAX = schemas.MAX_THRESHOLD_LENGTH
 # The fast path knows these fields only: a field added to the schemas turns it off.
 _FAST_PATH_CURRENT = (
     set(schemas.ResultBatch._declared_fields) == {"results"}
     and set(schemas.AgentResult._declared_fields) == _RESULT_FIELDS
     and set(schemas.Perfdata._declared_fields) == _PERF_FIELDS
 )
+
+
+def _storable(text: str) -> bool:
+    """Cheaply, what ``schemas.storable`` accepts: no NUL, no lone surrogate (a str from
+    JSON holds a surrogate only when it was lone, and UTF-8 cannot encode one)."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _fast_result(item: Any) -> dict[str, Any] | None:
@@ -67,7 +85,7 @@ def _fast_result(item: Any) -> dict[str, Any] | None:
         type(check_id) is str and _SLUG.match(check_id)
         and type(status) is str and status in schemas.STATUSES
         and type(exit_code) is int and _EXIT_MIN <= exit_code <= _EXIT_MAX
-        and type(output) is str and len(output) <= _OUTPUT_MAX
+        and type(output) is str and len(output) <= _OUTPUT_MAX and _storable(output)
         and type(duration_ms) is int and _DURATION_MIN <= duration_ms <= _DURATION_MAX
         and type(executed_at) is str and executed_at
         and type(item["result_id"]) is str
@@ -79,10 +97,11 @@ def _fast_result(item: Any) -> dict[str, Any] | None:
     try:
         result_id = uuid.UUID(item["result_id"])
         when = from_iso_datetime(executed_at)
-    except (TypeError, ValueError, AttributeError):
+        if when.tzinfo is None or when.tzinfo.utcoffset(when) is None:
+            when = when.replace(tzinfo=UTC)
+        when = when.astimezone(UTC)
+    except (TypeError, ValueError, AttributeError, OverflowError):
         return None
-    if when.tzinfo is None or when.tzinfo.utcoffset(when) is None:
-        when = when.replace(tzinfo=UTC)
     return {
         "result_id": result_id, "check_id": check_id, "status": status,
         "exit_code": exit_code, "output": output, "perfdata": perfdata,
@@ -98,9 +117,11 @@ def _fast_perfdata(items: Any) -> list[dict[str, Any]] | None:
         if type(item) is not dict or "label" not in item or not item.keys() <= _PERF_FIELDS:
             return None
         label, uom = item["label"], item.get("uom")
-        if type(label) is not str or len(label) > _LABEL_MAX:
+        if type(label) is not str or len(label) > _LABEL_MAX or not _storable(label):
             return None
-        if uom is not None and (type(uom) is not str or len(uom) > _UOM_MAX):
+        if uom is not None and (type(uom) is not str or len(uom) > _UOM_MAX or not _storable(uom)):
+            return None
+        if not all(_fast_threshold(item.get(name)) for name in _PERF_THRESHOLDS):
             return None
         entry = dict(item)
         for name in _PERF_NUMBERS:
@@ -117,6 +138,14 @@ def _fast_perfdata(items: Any) -> list[dict[str, Any]] | None:
                 return None
         loaded.append(entry)
     return loaded
+
+
+def _fast_threshold(value: Any) -> bool:
+    if value is None:
+        return True
+    if type(value) is str:
+        return len(value) <= _THRESHOLD_MAX and _storable(value)
+    return (type(value) is float or type(value) is int) and schemas.is_finite(value)
 
 
 class ResultBatch(schemas.ResultBatch):
@@ -174,28 +203,46 @@ def submit_results(agent_id: str, body: dict[str, Any]) -> tuple[dict[str, Any],
     target, serial = target_and_serial(session, agent_id)
     assigned = assigned_check_ids(session, target, serial)  # cached per policy serial
     session.commit()
+    received_at = utcnow()
+    window = ClockWindow.of(settings())
     accepted, rejected = [], []
     for result in results:
-        if result["check_id"] in assigned:
-            accepted.append(_job_payload(result))
+        refusal = _refusal(result, assigned, window, received_at)
+        if refusal is None:
+            accepted.append(result)
         else:
-            rejected.append(
-                {
-                    "result_id": str(result["result_id"]),
-                    "reason": f"check {result['check_id']!r} is not assigned to this agent",
-                }
-            )
+            rejected.append({"result_id": str(result["result_id"]), "reason": refusal})
+    # A result dated past the window is stored at received_at (its agent's clock runs ahead).
+    window.place(accepted, received_at)
     job_id = None
     if accepted:
-        job_id = backlog.submit(job_queues(), agent_id, accepted)
+        job_id = backlog.submit(job_queues(), agent_id, [_job_payload(r) for r in accepted])
     return {"job_id": job_id, "accepted": len(accepted), "rejected": rejected}, 202
+
+
+def _refusal(
+    result: dict[str, Any], assigned: set[str], window: ClockWindow, received_at: datetime
+) -> str | None:
+    """Why one result of a batch is refused on its own (the rest is stored), or None."""
+    if result["check_id"] not in assigned:
+        return f"check {result['check_id']!r} is not assigned to this agent"
+    if window.too_old(result["executed_at"], received_at):
+        return (
+            f"executed_at {result['executed_at'].isoformat()} is older than the retention "
+            f"period ({settings().RESULT_RETENTION_DAYS} days) by the server's clock "
+            f"({received_at.isoformat(timespec='seconds')}): check the agent's clock"
+        )
+    return None
 
 
 def _job_payload(result: dict[str, Any]) -> dict[str, Any]:
     """A validated result as plain JSON types for the job (what ``AgentResult().dump``
     gives, at a fraction of the cost: a schema per result made the API CPU-bound)."""
-    return {
+    payload = {
         **result,
         "result_id": str(result["result_id"]),
         "executed_at": result["executed_at"].isoformat(),
     }
+    if result.get("agent_executed_at") is not None:
+        payload["agent_executed_at"] = result["agent_executed_at"].isoformat()
+    return payload

@@ -14,7 +14,7 @@ from server.api.routing import route
 from server.db import db_session
 from server.extensions import notifier, redis_client
 from server.models import CheckResult, CheckState, Target
-from server.services import credentials, liveness
+from server.services import credentials, liveness, registration
 from server.services import targets as target_service
 from server.services.audit import changes as audit_changes
 
@@ -35,7 +35,10 @@ def _describe(targets: list[Target]) -> list[dict[str, Any]]:
                 "hostname": t.hostname,
                 "ip_address": t.ip_address,
                 "group_id": t.group_id,
-                "labels": t.labels or {},
+                "labels": t.effective_labels,
+                "trusted_labels": t.labels or {},
+                "agent_labels": t.agent_labels or {},
+                "group_from_agent": bool(t.group_from_agent),
                 "metadata": t.attributes or {},
                 "status": t.status,
                 "last_seen": datetime.fromtimestamp(last, UTC) if last else t.last_seen,
@@ -120,13 +123,30 @@ def update_target(target_id: str, body: dict[str, Any]) -> dict[str, Any]:
 def delete_target(target_id: str) -> Response:
     session = db_session()
     target = target_service.get_target(session, target_id)
-    credentials.revoke_all(session, target_id)
+    credentials.revoke_all(session, target_id, cut_off_access_tokens=False)
     audit("target.delete", target_id, hostname=target.hostname)
     session.delete(target)
     session.commit()
     liveness.forget(redis_client(), target_id)
     notifier().publish(target_id)  # a parked long-poll answers 404 now, not at its deadline
     return Response(status=204)
+
+
+@route(
+    bp,
+    "/targets/<target_id>/reset",
+    "POST",
+    summary="Forget which agent claimed this id and revoke its credentials, so that a rebuilt "
+    "host can register under it again (docs/security.md)",
+    reply=schemas.TargetReply,
+    auth="admin-write",
+)
+def reset_target_claim(target_id: str) -> dict[str, Any]:
+    session = db_session()
+    target = registration.reset_claim(session, target_id)
+    audit("agent.reset", target_id, hostname=target.hostname)
+    session.commit()
+    return _describe([target])[0]
 
 
 @route(

@@ -26,8 +26,15 @@ stops; it expires unless that job renews it, so a lost enqueue or a dead job can
 block draining for long); ``helper-queued`` (id of a helper drain job, enqueued by a job
 that saw more batches waiting so that an idle worker can take the next claim, until it
 starts); ``claims`` (sorted set: job id -> lease deadline);
-``claimed:<job id>`` (the batches that job is storing); ``refused`` (batches the database
-rejected as data, with the error, for an operator to look at).
+``claimed:<job id>`` (the batches that job is storing); ``refused`` (batches an earlier
+version set aside; moved into the ``dead_letters`` table by the maintenance pass).
+
+One batch that cannot be stored (text no database takes, a timestamp past year 9999, a
+batch that is not a batch at all) must not hold up the others: a claim that fails for
+any reason but the database or Redis being away is split in halves until the failing
+batches stand alone, and those are set aside (``dead_letters``) while the rest is stored.
+A failure of availability leaves the whole claim for a retry instead: setting good
+batches aside because the database restarted would turn an outage into work for people.
 """
 
 from __future__ import annotations
@@ -41,9 +48,11 @@ from typing import Any
 
 import redis
 from rq import get_current_job
-from sqlalchemy.exc import DataError
+from rq.timeouts import JobTimeoutException
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
 
-from server.jobs import context, ingest
+from server.jobs import context, dead_letters, ingest
 from server.jobs.queues import INGEST, JOB_TIMEOUT_S, JobQueues
 
 log = logging.getLogger(__name__)
@@ -53,8 +62,8 @@ QUEUED_KEY = "aami:ingest:drain-queued"
 HELPER_KEY = "aami:ingest:helper-queued"
 CLAIMS_KEY = "aami:ingest:claims"
 CLAIMED_PREFIX = "aami:ingest:claimed:"
-# Batches the database refused outright (not a connection problem), kept for an operator.
-DEAD_KEY = "aami:ingest:refused"
+# Batches set aside by earlier versions (a list of JSON records), adopted by maintain().
+LEGACY_REFUSED_KEY = "aami:ingest:refused"
 
 # Batches one claim takes: up to 20 x 500 results, well inside a job's timeout.
 CLAIM_BATCHES = 20
@@ -214,6 +223,7 @@ def maintain(queues: JobQueues) -> None:
     """Safety net run by every worker's maintenance pass: recover abandoned claims and
     make sure a drain job exists while batches wait (for example after a lost enqueue)."""
     requeue_abandoned(queues.client)
+    adopt_legacy_refused(queues.client)
     if queues.client.llen(PENDING_KEY):
         ensure_drain(queues)
 
@@ -257,7 +267,9 @@ def _drain_claims(
             continue  # a batch came after the claim: this job is still the one to drain it
         if still_pending and not queues.inline:
             _ensure_helper(queues)  # let an idle worker take the next claim meanwhile
-        received, inserted = _store(client, items)
+        received, inserted, refused = store_isolating(items)
+        if refused:  # kept before the claim goes: a crash in between only repeats this
+            dead_letters.set_aside(context.database(), client, refused)
         totals["received"] += received
         totals["inserted"] += inserted
         with client.pipeline(transaction=True) as pipe:
@@ -273,36 +285,112 @@ def _drain_claims(
     return totals
 
 
-def _store(client: redis.Redis, items: list[bytes]) -> tuple[int, int]:
-    """Store claimed batches together; if the database refuses the data itself, store
-    them one by one and set aside the batches it refuses, so that one bad batch cannot
-    hold up the others forever. Connection trouble is raised: the claim stays for a retry.
+def store_isolating(items: list[bytes]) -> tuple[int, int, list[dead_letters.Refused]]:
+    """Store claimed batches; returns (results received, rows inserted, batches refused).
+
+    Together first; when that fails for any reason but availability, in halves, down to
+    the single batches at fault, so that one bad batch costs a few extra transactions and
+    never the others' results. A failure of availability is raised: the claim stays.
     """
-    batches = [_decode(item) for item in items]
-    try:
-        return ingest.store(batches)
-    except DataError as exc:
-        if len(batches) == 1:
-            _set_aside(client, items[0], exc)
-            return 0, 0
-    received = inserted = 0
-    for item, batch in zip(items, batches, strict=True):
+    refused: list[dead_letters.Refused] = []
+    decoded: list[tuple[bytes, ingest.Batch]] = []
+    for item in items:
         try:
-            got, new = ingest.store([batch])
-        except DataError as exc:
-            _set_aside(client, item, exc)
-            continue
-        received += got
-        inserted += new
-    return received, inserted
+            decoded.append((item, _decode(item)))
+        except (ValueError, TypeError, KeyError) as exc:
+            refused.append(dead_letters.Refused(item, f"not a result batch: {exc!r}"[:500]))
+    received, inserted = _store_or_split(decoded, refused)
+    return received, inserted, refused
 
 
-def _set_aside(client: redis.Redis, item: bytes, exc: DataError) -> None:
-    reason = (str(exc.orig or exc).strip().splitlines() or ["unknown"])[0][:500]
-    client.rpush(DEAD_KEY, json.dumps({"batch": item.decode(), "error": reason, "at": time.time()}))
-    log.error("result batch refused by the database, set aside", extra={"error": reason})
+def _store_or_split(
+    batches: list[tuple[bytes, ingest.Batch]], refused: list[dead_letters.Refused]
+) -> tuple[int, int]:
+    if not batches:
+        return 0, 0
+    try:
+        return ingest.store([batch for _, batch in batches])
+    except Exception as exc:
+        if is_unavailability(exc):
+            raise
+        if len(batches) == 1:
+            refused.append(dead_letters.Refused(batches[0][0], dead_letters.reason_of(exc)))
+            return 0, 0
+        log.warning(
+            "storing a claim failed; looking for the batch at fault",
+            extra={"batches": len(batches), "error": dead_letters.reason_of(exc)},
+        )
+    middle = len(batches) // 2
+    first = _store_or_split(batches[:middle], refused)
+    second = _store_or_split(batches[middle:], refused)
+    return first[0] + second[0], first[1] + second[1]
+
+
+# SQLSTATE classes of PostgreSQL errors that are the deployment's, not a batch's:
+# 08 connection, 53 insufficient resources, 57 operator intervention (shutdown, cancel),
+# 58 system error, 42 a statement the schema or rights refuse (a migration not applied).
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "42", "53", "57", "58")
+
+
+def is_unavailability(exc: BaseException) -> bool:
+    """True when ``exc`` says the database, Redis or the job's time ran out, rather than
+    that the data cannot be stored: then no batch is at fault and all must be retried."""
+    if isinstance(exc, redis.RedisError | JobTimeoutException | MemoryError | OSError):
+        return True
+    if isinstance(exc, sa_exc.DisconnectionError | sa_exc.TimeoutError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if sqlstate:
+            return str(sqlstate)[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+        # SQLite and drivers without SQLSTATEs: "database is locked", "disk I/O error"...
+        return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
+    return False
+
+
+def adopt_legacy_refused(client: redis.Redis) -> int:
+    """Move batches an earlier version set aside in Redis into the dead-letter table."""
+    moved = 0
+    while True:
+        raw = client.lindex(LEGACY_REFUSED_KEY, 0)
+        if raw is None:
+            return moved
+        try:
+            record = json.loads(raw)
+            entry = dead_letters.Refused(record["batch"].encode(), str(record["error"]))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            item = raw if isinstance(raw, bytes) else raw.encode()
+            entry = dead_letters.Refused(item, "set aside by an earlier version")
+        dead_letters.set_aside(context.database(), client, [entry])
+        client.lpop(LEGACY_REFUSED_KEY)  # only once it is kept: at worst it is kept twice
+        moved += 1
+
+
+def replay(session: Session, queues: JobQueues, key: str) -> tuple[dict[str, Any], str]:
+    """Queue a set-aside batch again; returns its description and what became of it:
+    ``stored`` or ``set_aside`` (drained at once, embedded) or ``queued`` (a worker will).
+
+    The batch is on the pending list before its row is gone (one transaction holds the
+    row), so a crash in between leaves it in both places, never in neither; a batch that
+    still cannot be stored is set aside again by the drain job.
+    """
+    letter = dead_letters.take(session, key)
+    described = dead_letters.describe(letter)
+    queues.client.rpush(PENDING_KEY, letter.batch)
+    session.commit()
+    if not queues.inline:
+        ensure_drain(queues)
+        return described, "queued"
+    # Embedded: drain here and now, whatever "drain queued" mark is left, to say the outcome.
+    drain()
+    return described, "set_aside" if dead_letters.exists(session, key) else "stored"
 
 
 def _decode(item: bytes) -> tuple[str, list[dict[str, Any]]]:
     batch = json.loads(item)
-    return batch["agent_id"], batch["results"]
+    agent_id, results = batch["agent_id"], batch["results"]
+    if not isinstance(agent_id, str) or not isinstance(results, list):
+        raise TypeError("agent_id must be a string and results a list")
+    return agent_id, results

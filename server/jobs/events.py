@@ -1,4 +1,5 @@
-"""Recording events once, and handing them to the configured sinks."""
+"""Recording events once. The caller announces the events it recorded to the sinks
+(``server.jobs.sinks.announce``) once its transaction has committed."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -20,10 +20,11 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from server.jobs import context
+from server.jobs import context, sinks
+from server.jobs.clock_window import ClockWindow
 from server.jobs.events import NewEvent, record_events
 from server.jobs.state_fold import STATE_COLUMNS, StateFold
-from server.models import Check, CheckResult, CheckState, Target, utcnow
+from server.models import Check, CheckResult, CheckState, Event, Target, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -45,25 +46,38 @@ _RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock det
 _PG_INSERT = text(
     """
     INSERT INTO check_results (result_id, executed_at, target_id, check_id, status,
-                               exit_code, output, perfdata, duration_ms, received_at)
+                               exit_code, output, perfdata, duration_ms, received_at,
+                               agent_executed_at)
     SELECT r.result_id, r.executed_at, r.target_id, r.check_id, r.status,
-           r.exit_code, r.output, r.perfdata, r.duration_ms, now()
+           r.exit_code, r.output, r.perfdata, r.duration_ms, now(), r.agent_executed_at
     FROM json_to_recordset(CAST(:rows AS json)) AS r(
         result_id text, executed_at timestamptz, target_id text, check_id text,
-        status text, exit_code smallint, output text, perfdata json, duration_ms integer)
+        status text, exit_code smallint, output text, perfdata json, duration_ms integer,
+        agent_executed_at timestamptz)
     ON CONFLICT DO NOTHING
     RETURNING result_id
     """
 )
-# SQLite (the embedded default) caps bound parameters per statement at 999 in old builds.
-_SQLITE_ROWS_PER_INSERT = 90
+# SQLite (the embedded default) caps bound parameters per statement at 999 in old builds;
+# a row binds 12 (received_at included).
+_SQLITE_ROWS_PER_INSERT = 80
+# One transaction-scoped lock per result id placed at its receive time (see below).
+_PG_LOCK_RESULT_IDS = text(
+    "SELECT pg_advisory_xact_lock(hashtextextended(id, 0)) "
+    "FROM (SELECT unnest(CAST(:ids AS text[])) AS id ORDER BY 1) AS ids"
+)
+
+
+class UnstorableResult(ValueError):
+    """A result no database can store, found before anything is written."""
 
 
 def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) -> int:
     """Insert rows whose ``result_id`` is new; returns how many were new."""
     if session.get_bind().dialect.name == "postgresql":
         document = json.dumps(
-            [{**r, "executed_at": r["executed_at"].isoformat()} for r in rows],
+            [{**r, "executed_at": r["executed_at"].isoformat(),
+              "agent_executed_at": _iso_or_none(r["agent_executed_at"])} for r in rows],
             separators=(",", ":"),
         )
         return len(session.execute(_PG_INSERT, {"rows": document}).all())
@@ -75,6 +89,40 @@ def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) ->
     return inserted
 
 
+def _without_placed_duplicates(
+    session: Session, rows_by_agent: dict[str, list[dict[str, Any]]]
+) -> dict[str, list[dict[str, Any]]]:
+    """``rows_by_agent`` less the placed rows (``agent_executed_at`` set) already stored.
+
+    The key is ``(result_id, executed_at)`` and a placed row's ``executed_at`` is the
+    time the server received it, which differs when the agent sends the batch again: the
+    ON CONFLICT of the insert would not see the copy. Such rows are few (agents whose clock
+    runs ahead), so they are looked up by ``result_id``, under a lock per id on PostgreSQL
+    so that two jobs storing the same retried result cannot both find it new.
+    """
+    placed = sorted(
+        {r["result_id"] for rows in rows_by_agent.values() for r in rows
+         if r["agent_executed_at"] is not None}
+    )
+    if not placed:
+        return rows_by_agent
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_PG_LOCK_RESULT_IDS, {"ids": placed})
+    stored = set(
+        session.scalars(select(CheckResult.result_id).where(CheckResult.result_id.in_(placed)))
+    )
+    return {
+        agent_id: [
+            r for r in rows if r["agent_executed_at"] is None or r["result_id"] not in stored
+        ]
+        for agent_id, rows in rows_by_agent.items()
+    }
+
+
+def _iso_or_none(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
 def record_ingest(client: redis.Redis, inserted: int, lag_seconds: float) -> None:
     with client.pipeline(transaction=False) as pipe:
         pipe.incrby(RESULTS_INGESTED_KEY, inserted)
@@ -82,29 +130,75 @@ def record_ingest(client: redis.Redis, inserted: int, lag_seconds: float) -> Non
         pipe.execute()
 
 
-def _parse_time(value: str | datetime) -> datetime:
-    if isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+def _parse_time(value: str | datetime, field: str) -> datetime:
+    """An aware UTC datetime; a time no database can hold is an :class:`UnstorableResult`
+    (queued by a server that did not check, or put on the list by hand)."""
+    parsed = value if isinstance(value, datetime) else datetime.fromisoformat(
+        value.replace("Z", "+00:00")
+    )
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise UnstorableResult(f"{field} {value!r} lies outside years 1 to 9999 in UTC") from None
 
 
-def result_rows(agent_id: str, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {
-            "result_id": str(r["result_id"]),
-            "executed_at": _parse_time(r["executed_at"]),
-            "target_id": agent_id,
-            "check_id": r["check_id"],
-            "status": r["status"],
-            "exit_code": r["exit_code"],
-            # PostgreSQL text cannot hold NUL; a plugin printing binary must not make the
-            # whole batch unstorable.
-            "output": r.get("output", "").replace("\x00", "\ufffd"),
-            "perfdata": r.get("perfdata") or [],
-            "duration_ms": r.get("duration_ms", 0),
-        }
-        for r in results
-    ]
+def _unencodable(value: Any, path: str) -> str | None:
+    """The path of a string in ``value`` that UTF-8 cannot encode (a lone surrogate, which
+    JSON can carry as an escape), or None."""
+    if isinstance(value, str):
+        if value.isascii():
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _unencodable(key, path) or _unencodable(item, f"{path}.{key}")
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _unencodable(item, f"{path}.{index}")
+            if found:
+                return found
+    return None
+
+
+def _result_row(agent_id: str, result: dict[str, Any]) -> dict[str, Any]:
+    row = {
+        "result_id": str(result["result_id"]),
+        "executed_at": _parse_time(result["executed_at"], "executed_at"),
+        "target_id": agent_id,
+        "check_id": result["check_id"],
+        "status": result["status"],
+        "exit_code": result["exit_code"],
+        # PostgreSQL text cannot hold NUL; a plugin printing binary must not make the
+        # whole batch unstorable.
+        "output": result.get("output", "").replace("\x00", "\ufffd"),
+        "perfdata": result.get("perfdata") or [],
+        "duration_ms": result.get("duration_ms", 0),
+        "agent_executed_at": None,
+    }
+    if result.get("agent_executed_at") is not None:
+        row["agent_executed_at"] = _parse_time(result["agent_executed_at"], "agent_executed_at")
+    unencodable = _unencodable(row, "result")
+    if unencodable:
+        raise UnstorableResult(f"{unencodable} of result {row['result_id']} holds a lone surrogate")
+    return row
+
+
+def result_rows(
+    agent_id: str, results: list[dict[str, Any]], window: ClockWindow, now: datetime
+) -> list[dict[str, Any]]:
+    """The rows to store for one batch, placed by ``window`` at ``now`` (a batch queued by
+    an earlier server may hold results dated past it)."""
+    rows = [_result_row(agent_id, r) for r in results]
+    window.place(rows, now)
+    return rows
 
 
 def ingest_batch(agent_id: str, results: list[dict[str, Any]]) -> dict[str, int]:
@@ -119,23 +213,31 @@ def store(batches: list[Batch]) -> tuple[int, int]:
     Safe to run twice, and concurrently with itself: rows already stored are skipped and
     a state never moves back in time.
     """
+    window = ClockWindow.of(context.settings())
+    now = utcnow()
     rows_by_agent: dict[str, list[dict[str, Any]]] = {}
     for agent_id, results in batches:
-        rows_by_agent.setdefault(agent_id, []).extend(result_rows(agent_id, results))
+        rows_by_agent.setdefault(agent_id, []).extend(
+            result_rows(agent_id, results, window, now)
+        )
     rows = [row for agent_rows in rows_by_agent.values() for row in agent_rows]
     if not rows:
         return 0, 0
     for attempt in range(1, STORE_ATTEMPTS + 1):
         try:
             with context.database().session() as session:
-                inserted = _insert_ignoring_duplicates(session, rows)
-                update_states(session, rows_by_agent)
+                fresh = _without_placed_duplicates(session, rows_by_agent)
+                inserted = _insert_ignoring_duplicates(
+                    session, [row for agent_rows in fresh.values() for row in agent_rows]
+                )
+                events = update_states(session, fresh, window.latest_trusted_state(now))
             break
         except DBAPIError as exc:
             if attempt == STORE_ATTEMPTS or not _lost_a_race(exc):
                 raise
             log.info("store raced another job; retrying", extra={"attempt": attempt})
             time.sleep(0.02 * attempt)
+    sinks.announce(events)  # committed: the webhooks may hear of them
     newest = max(r["executed_at"] for r in rows)
     record_ingest(context.redis_client(), inserted, (utcnow() - newest).total_seconds())
     log.info(
@@ -151,8 +253,11 @@ def _lost_a_race(exc: DBAPIError) -> bool:
     return getattr(exc.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES
 
 
-def update_states(session: Session, rows_by_agent: dict[str, list[dict[str, Any]]]) -> None:
-    """Fold results, oldest first, into each check's current state, raising events.
+def update_states(
+    session: Session, rows_by_agent: dict[str, list[dict[str, Any]]], trusted_until: datetime
+) -> list[Event]:
+    """Fold results, oldest first, into each check's current state; returns the events
+    recorded (for the caller to announce once the transaction has committed).
 
     The states of all targets involved are locked in one statement, in key order, so two
     jobs holding overlapping targets wait for each other instead of deadlocking. States
@@ -167,7 +272,7 @@ def update_states(session: Session, rows_by_agent: dict[str, list[dict[str, Any]
         )
     }
     if not in_maintenance:
-        return
+        return []
     target_ids = sorted(in_maintenance)
     stored = {
         (state.target_id, state.check_id): state
@@ -188,7 +293,9 @@ def update_states(session: Session, rows_by_agent: dict[str, list[dict[str, Any]
             check_id = row["check_id"]
             fold = folds.get(check_id)
             if fold is None:
-                fold = folds[check_id] = StateFold.of(stored.get((target_id, check_id)))
+                fold = folds[check_id] = StateFold.of(
+                    stored.get((target_id, check_id)), trusted_until
+                )
             if not fold.is_news(row):
                 continue
             event = fold.apply(target_id, check_id, row)
@@ -202,4 +309,4 @@ def update_states(session: Session, rows_by_agent: dict[str, list[dict[str, Any]
         session.execute(update(CheckState), updates)  # ORM bulk UPDATE by primary key
     if inserts:
         session.execute(insert(CheckState), inserts)
-    record_events(session, events)
+    return record_events(session, events)

@@ -1,22 +1,30 @@
 """Event sinks: every new event is sent as a CloudEvent (JSON, structured mode) to each
-configured webhook, by an RQ job per delivery that retries with backoff.
+configured webhook, never on the path of the request or job that recorded it.
 
-Deliveries are queued only after the transaction that recorded the event commits, so a
-rolled-back change never announces an event that does not exist.
+The code that records events calls :meth:`EventSinks.announce` once its transaction has
+committed, so a rolled-back change never announces an event that does not exist. With
+Redis, each delivery is an RQ job that retries with backoff; the embedded server hands
+them to its background delivery thread (``server.jobs.background_delivery``).
+
+A webhook URL may carry credentials, so it is shown only redacted (logs, error messages)
+and queued jobs name it by a reference that the worker resolves from its own settings.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+import redis
 import requests
-from sqlalchemy import event as sa_event
-from sqlalchemy.orm import Session
 
 from server.jobs import context
 from server.jobs.queues import EVENTS, JobQueues
 from server.models import Event
+from server.security.redaction import redact_url, url_reference
+from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +35,28 @@ EVENT_TYPES = {
     "flapping": "io.aami.check.flapping_changed",
 }
 DELIVERY_TIMEOUT_S = 10
-_PENDING_KEY = "aami_new_events"
 
 
 class DeliveryFailed(Exception):
-    """A webhook did not accept an event; RQ retries the job."""
+    """A webhook did not accept an event; the delivery is tried again later."""
+
+
+@dataclass(frozen=True)
+class Webhook:
+    url: str
+
+    @property
+    def reference(self) -> str:
+        return url_reference(self.url)
+
+    @property
+    def shown(self) -> str:
+        """The URL as logs may show it."""
+        return redact_url(self.url)
+
+
+def configured_webhooks(settings: Settings) -> list[Webhook]:
+    return [Webhook(url) for url in settings.event_webhook_urls()]
 
 
 def to_cloud_event(event: Event) -> dict[str, Any]:
@@ -54,53 +79,131 @@ def to_cloud_event(event: Event) -> dict[str, Any]:
     }
 
 
-def deliver_event(url: str, cloud_event: dict[str, Any]) -> int:
-    """POST one CloudEvent; any answer but 2xx raises so that RQ retries the job."""
+def deliver_event(
+    url: str, cloud_event: dict[str, Any], timeout_s: float = DELIVERY_TIMEOUT_S
+) -> int:
+    """POST one CloudEvent; any answer but 2xx raises :class:`DeliveryFailed`.
+
+    Redirects are not followed: a webhook is configured by its final address, and a
+    redirect could point the server at an address nobody configured (127.0.0.1, a cloud
+    metadata service). Messages name the URL redacted and never quote the exception of
+    ``requests``, whose text contains the full URL.
+    """
+    shown = redact_url(url)
     try:
         reply = requests.post(
             url,
             json=cloud_event,
             headers={"Content-Type": CLOUDEVENTS_CONTENT_TYPE},
-            timeout=DELIVERY_TIMEOUT_S,
+            timeout=timeout_s,
+            allow_redirects=False,
+            stream=True,  # the body is never read: a huge answer costs nothing
         )
+    except requests.Timeout:
+        raise DeliveryFailed(f"{shown}: no answer within {timeout_s:g} s") from None
+    except requests.ConnectionError:
+        raise DeliveryFailed(f"{shown}: could not connect") from None
     except requests.RequestException as exc:
-        raise DeliveryFailed(f"{url}: {exc}") from None
-    if not 200 <= reply.status_code < 300:
-        raise DeliveryFailed(f"{url} answered {reply.status_code}")
-    return reply.status_code
+        raise DeliveryFailed(f"{shown}: {type(exc).__name__}") from None
+    status = reply.status_code
+    location = reply.headers.get("Location", "")
+    reply.close()
+    if 300 <= status < 400:
+        raise DeliveryFailed(
+            f"{shown} answered {status} redirecting to {redact_url(location) or '(nowhere)'}: "
+            "redirects are not followed; configure the webhook's final URL"
+        )
+    if not 200 <= status < 300:
+        raise DeliveryFailed(f"{shown} answered {status}")
+    return status
 
 
-def _collect_new_events(session: Session, _flush_context: Any, _instances: Any) -> None:
-    new = [obj for obj in session.new if isinstance(obj, Event)]
-    if new:
-        session.info.setdefault(_PENDING_KEY, []).extend(new)
+def deliver_to_webhook(reference: str, cloud_event: dict[str, Any]) -> int | None:
+    """The RQ job: deliver to the configured webhook named by ``reference``.
 
-
-def _send_after_commit(session: Session) -> None:
-    pending: list[Event] = session.info.pop(_PENDING_KEY, [])
-    if not pending:
-        return
+    The job carries the reference, not the URL: RQ keeps a job's arguments in Redis and
+    shows them in job listings. A webhook removed from the configuration since the event
+    was queued is skipped.
+    """
     settings = context.settings()
-    urls = settings.event_webhook_urls()
-    if not urls:
-        return
-    queues = JobQueues(context.redis_client(), inline=settings.embedded)
-    for event in pending:
-        payload = to_cloud_event(event)
-        for url in urls:
-            try:
-                queues.enqueue(EVENTS, deliver_event, url, payload)
-            except Exception:  # inline delivery failed, or Redis is away: log, never raise
-                log.warning("event delivery not queued", extra={"url": url, "event": payload["id"]})
+    for webhook in configured_webhooks(settings):
+        if webhook.reference == reference:
+            return deliver_event(webhook.url, cloud_event, settings.EVENT_WEBHOOK_TIMEOUT)
+    log.warning(
+        "event not delivered: webhook no longer configured",
+        extra={"webhook": reference, "event": cloud_event.get("id")},
+    )
+    return None
 
 
-def _forget_after_rollback(session: Session, _previous_transaction: Any) -> None:
-    session.info.pop(_PENDING_KEY, None)
+class EventSinks(Protocol):
+    def announce(self, events: Sequence[Event]) -> None:
+        """Hand committed ``events`` over for delivery; never blocks on a webhook."""
+
+    def close(self, timeout_s: float) -> None:
+        """Deliver what is pending for at most ``timeout_s`` (the process is stopping)."""
 
 
-def install() -> None:
-    """Hook the sinks into every session of this process (idempotent)."""
-    if not sa_event.contains(Session, "before_flush", _collect_new_events):
-        sa_event.listen(Session, "before_flush", _collect_new_events)
-        sa_event.listen(Session, "after_commit", _send_after_commit)
-        sa_event.listen(Session, "after_soft_rollback", _forget_after_rollback)
+class NoSinks:
+    """No webhook configured."""
+
+    def announce(self, events: Sequence[Event]) -> None:
+        pass
+
+    def close(self, timeout_s: float) -> None:
+        pass
+
+
+class QueuedSinks:
+    """One RQ job per event and webhook, retried with backoff by the workers."""
+
+    def __init__(self, webhooks: Sequence[Webhook], queues: JobQueues) -> None:
+        self._webhooks = list(webhooks)
+        self._queues = queues
+
+    def announce(self, events: Sequence[Event]) -> None:
+        for event in events:
+            payload = to_cloud_event(event)
+            for webhook in self._webhooks:
+                try:
+                    self._queues.enqueue(
+                        EVENTS,
+                        deliver_to_webhook,
+                        webhook.reference,
+                        payload,
+                        description=f"deliver event {payload['id']} to {webhook.shown}",
+                    )
+                except redis.RedisError as exc:  # the event is stored; only its push is lost
+                    log.warning(
+                        "event delivery not queued",
+                        extra={
+                            "webhook": webhook.shown,
+                            "event": payload["id"],
+                            "error": type(exc).__name__,
+                        },
+                    )
+
+    def close(self, timeout_s: float) -> None:
+        pass  # queued jobs live in Redis
+
+
+def make_sinks(settings: Settings, client: redis.Redis) -> EventSinks:
+    """The sinks for this process: RQ jobs with Redis, a background thread when embedded."""
+    webhooks = configured_webhooks(settings)
+    if not webhooks:
+        return NoSinks()
+    if settings.embedded:
+        from server.jobs.background_delivery import BackgroundDelivery
+
+        return BackgroundDelivery(
+            webhooks,
+            timeout_s=settings.EVENT_WEBHOOK_TIMEOUT,
+            capacity=settings.EVENT_WEBHOOK_QUEUE_SIZE,
+        )
+    return QueuedSinks(webhooks, JobQueues(client, inline=False))
+
+
+def announce(events: Sequence[Event]) -> None:
+    """Hand ``events`` (committed) to this process's sinks (``context.event_sinks``)."""
+    if events:
+        context.event_sinks().announce(events)

@@ -3,6 +3,11 @@
 A :class:`StateFold` starts from the stored state (or none), takes results oldest first,
 keeps the flap history and counters, says which event each result raises, and in the end
 gives the row to write, once, however many results it took.
+
+Results are ordered by ``executed_at``, which the server bounds (server/jobs/clock_window.py):
+no result is dated more than the allowed skew past the server's clock when it is stored.
+A stored state dated later than that came from before the bound held (an agent whose
+clock said 2999): its time orders nothing, or it would hide every real result after it.
 """
 
 from __future__ import annotations
@@ -56,17 +61,21 @@ class StateFold:
     changed: bool = False
 
     @classmethod
-    def of(cls, state: StoredState | None) -> StateFold:
+    def of(cls, state: StoredState | None, trusted_until: datetime) -> StateFold:
+        """The fold of a stored state; its time counts only up to ``trusted_until``."""
         if state is None:
             return cls(None, None, None, None, None, None, 0, "", False, None)
+        executed_at = state.executed_at if state.executed_at <= trusted_until else None
         return cls(
-            state.status, state.exit_code, state.output, state.perfdata, state.executed_at,
+            state.status, state.exit_code, state.output, state.perfdata, executed_at,
             state.since, state.occurrences or 0, state.history or "", bool(state.flapping),
             state.last_result_id,
         )
 
     def is_news(self, row: dict[str, Any]) -> bool:
-        """False for a result older than the state (late or retried: history only)."""
+        """False for a result older than the state (late or retried: history only).
+
+        A state whose time is not trusted (see :meth:`of`) takes any result."""
         return self.executed_at is None or row["executed_at"] > self.executed_at
 
     def apply(self, target_id: str, check_id: str, row: dict[str, Any]) -> NewEvent | None:

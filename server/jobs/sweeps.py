@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 
-from server.jobs import context
+from server.jobs import context, sinks
 from server.jobs.events import record_event
 from server.models import Check, CheckState, Target, utcnow
 from server.services import liveness
@@ -50,14 +50,16 @@ def sweep_stale_agents() -> dict[str, int]:
             if new_status == target.status:
                 continue
             when = datetime.fromtimestamp(last, UTC) if last else None
-            if transition_status(
+            event = transition_status(
                 session,
                 target.id,
                 new_status,
                 when=when,
                 message=f"{target.hostname}: no heartbeat for {int(silent_for)} s",
-            ):
+            )
+            if event is not None:
                 session.commit()
+                sinks.announce([event])
                 moved[new_status] += 1
             # The next heartbeat must notice the agent was away and bring it back online.
             liveness.remember_status(client, target.id, new_status)
@@ -101,8 +103,9 @@ def sweep_stale_checks() -> int:
             if moved.rowcount != 1:  # type: ignore[attr-defined]
                 continue
             changed += 1
+            event = None
             if target_status == "online" and not maintenance:
-                record_event(
+                event = record_event(
                     session,
                     kind="check_state",
                     target_id=state.target_id,
@@ -114,6 +117,8 @@ def sweep_stale_checks() -> int:
                     f"{state.executed_at.isoformat()}",
                 )
             session.commit()
+            if event is not None:
+                sinks.announce([event])
     return changed
 
 

@@ -16,7 +16,7 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 
 from server.db import Database
-from server.jobs import backlog, context, sinks
+from server.jobs import backlog, context
 from server.jobs.queues import ALL_QUEUES, JobQueues
 from server.logs import configure_logging
 from server.redis_conn import connect
@@ -98,7 +98,6 @@ def run_worker(
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     client = connect(settings.REDIS_URL, settings.DATA_DIR)
     context.configure(settings, Database(settings.database_url()), client)
-    sinks.install()
     queues = JobQueues(client, inline=False)
     failures = 0
     abandoned: str | None = None  # a job that died in this process with Redis

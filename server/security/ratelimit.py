@@ -65,26 +65,37 @@ def _key(scope: str, identity: str, window: int) -> str:
     return f"{KEY_PREFIX}:{scope}:{digest}:{window}"
 
 
+def _decision(limit: RateLimit, count: int, now: float, window: int) -> Decision:
+    window_end = (window + 1) * limit.period_s
+    return Decision(
+        allowed=count <= limit.count,
+        retry_after=max(1, math.ceil(window_end - now)),
+        remaining=max(0, limit.count - count),
+    )
+
+
 def hit(
     client: redis.Redis,
     scope: str,
     identity: str,
     limit: RateLimit,
     now: float | None = None,
+    *,
+    spend: bool = True,
 ) -> Decision:
-    """Count one request of ``identity`` against ``limit``; refused once over COUNT."""
+    """Count one request of ``identity`` against ``limit``; refused once over COUNT.
+
+    ``spend=False`` counts nothing (one GET) and tells whether a request now would still
+    be allowed: for limits that count only failures, checked before the outcome is known.
+    """
     now = time.time() if now is None else now
     window = int(now // limit.period_s)
     key = _key(scope, identity, window)
+    if not spend:
+        return _decision(limit, int(client.get(key) or 0) + 1, now, window)
     with client.pipeline(transaction=True) as pipe:
         pipe.incr(key)
         # A little past the window's end, so the key outlives clock skew between replicas.
         pipe.expire(key, limit.period_s + 5)
         count, _ = pipe.execute()
-    window_end = (window + 1) * limit.period_s
-    retry_after = max(1, math.ceil(window_end - now))
-    return Decision(
-        allowed=int(count) <= limit.count,
-        retry_after=retry_after,
-        remaining=max(0, limit.count - int(count)),
-    )
+    return _decision(limit, int(count), now, window)

@@ -10,6 +10,11 @@ data; a request reads the serial (one primary-key lookup, folded into the target
 the checks that apply to its target, and gets the reply and version of that set from a
 dictionary.
 
+Checks that carry secrets (a non-empty ``env``) reach a target only through trusted
+selectors: its id, a group an operator or a bootstrap token set, labels an operator or a
+token set. A label or group the agent declared itself selects only checks without secrets
+(docs/security.md); otherwise an agent could claim the label that hands out a password.
+
 Reading the serial before the checks makes a stale cache impossible: a change commits the
 new checks and the new serial together, and the checks are read by a later statement than
 the serial, so they are at least as new as the serial they are filed under. The cache is
@@ -42,6 +47,10 @@ class AssignedTarget(Protocol):
     def group_id(self) -> str | None: ...
     @property
     def labels(self) -> dict[str, Any]: ...
+    @property
+    def agent_labels(self) -> dict[str, Any]: ...
+    @property
+    def group_from_agent(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,9 @@ class TargetKey:
     id: str
     group_id: str | None
     labels: dict[str, Any]
+    """Trusted labels (operator, token)."""
+    agent_labels: dict[str, Any] = field(default_factory=dict)
+    group_from_agent: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,12 +74,38 @@ class _Rule:
     target_ids: frozenset[str]
     group_ids: frozenset[str]
     labels: tuple[tuple[str, str | None], ...]
+    carries_secrets: bool
 
-    def applies_to(self, target_id: str, group_id: str | None, labels: dict[str, Any]) -> bool:
+    def applies_to(self, target: _Selectors) -> bool:
+        group_id = target.trusted_group_id if self.carries_secrets else target.group_id
+        labels = target.trusted_labels if self.carries_secrets else target.labels
         return (
-            target_id in self.target_ids
+            target.id in self.target_ids
             or (group_id is not None and group_id in self.group_ids)
             or any(labels.get(key) == value for key, value in self.labels)
+        )
+
+
+@dataclass(frozen=True)
+class _Selectors:
+    """What a target offers to assignment rules: everything, and the trusted part that
+    checks carrying secrets may use."""
+
+    id: str
+    group_id: str | None
+    labels: dict[str, Any]
+    trusted_group_id: str | None
+    trusted_labels: dict[str, Any]
+
+    @classmethod
+    def of(cls, target: AssignedTarget) -> _Selectors:
+        trusted = target.labels or {}
+        return cls(
+            id=target.id,
+            group_id=target.group_id,
+            labels={**(target.agent_labels or {}), **trusted},
+            trusted_group_id=None if target.group_from_agent else target.group_id,
+            trusted_labels=trusted,
         )
 
 
@@ -112,6 +150,7 @@ def _load(session: Session, serial: int) -> _Snapshot:
             group_ids=frozenset(a.group_id for a in check.assignments if a.group_id),
             labels=tuple((a.label_key, a.label_value) for a in check.assignments
                          if a.label_key is not None),
+            carries_secrets=bool(check.env),
         ))
     return _Snapshot(serial, tuple(rules))
 
@@ -141,9 +180,8 @@ class AssignmentCache:
     ) -> tuple[str, list[dict[str, Any]]]:
         """(config version, checks) of ``target``: shared, not to be changed."""
         snapshot = self.snapshot(session, serial)
-        labels = target.labels or {}
-        ids = tuple(rule.check_id for rule in snapshot.rules
-                    if rule.applies_to(target.id, target.group_id, labels))
+        selectors = _Selectors.of(target)
+        ids = tuple(rule.check_id for rule in snapshot.rules if rule.applies_to(selectors))
         found = snapshot.replies.get(ids)
         if found is None:
             by_id = {rule.check_id: rule for rule in snapshot.rules}
@@ -171,6 +209,8 @@ _TARGET_AND_SERIAL = select(
     Target.id,
     Target.group_id,
     Target.labels,
+    Target.agent_labels,
+    Target.group_from_agent,
     select(PolicySerial.serial).where(PolicySerial.id == 1).scalar_subquery(),
 ).where(Target.id == bindparam("target_id"))
 
@@ -191,7 +231,7 @@ def target_and_serial(session: Session, target_id: str) -> tuple[TargetKey, int]
         row = autocommit.execute(_TARGET_AND_SERIAL, {"target_id": target_id}).first()
     if row is None:
         raise NotFound(f"no target with id {target_id}", code="target_not_found")
-    return TargetKey(row[0], row[1], row[2] or {}), int(row[3] or 0)
+    return TargetKey(row[0], row[1], row[2] or {}, row[3] or {}, bool(row[4])), int(row[5] or 0)
 
 
 def assignment_for(session: Session, target: AssignedTarget, serial: int) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from server.errors import Conflict, InvalidFields, NotFound
 from server.models import Check, CheckAssignment, Target
-from server.services.assignments import assignment_for
+from server.services.assignments import assigned_check_ids, assignment_for
 from server.services.policy import current_serial
 
 CHECK_FIELDS = ("name", "command", "shell", "limits", "env", "enabled", "maintenance")
@@ -129,21 +129,11 @@ def list_checks(session: Session) -> list[Check]:
     return list(session.scalars(select(Check).order_by(Check.id)))
 
 
-def _applies_to(check: Check, target: Target) -> bool:
-    labels = target.labels or {}
-    for a in check.assignments:
-        if a.target_id is not None and a.target_id == target.id:
-            return True
-        if a.group_id is not None and a.group_id == target.group_id:
-            return True
-        if a.label_key is not None and labels.get(a.label_key) == a.label_value:
-            return True
-    return False
-
-
 def checks_for_target(session: Session, target: Target) -> list[Check]:
-    """Enabled checks assigned to ``target``, by id order (stable for the ETag)."""
-    return [c for c in list_checks(session) if c.enabled and _applies_to(c, target)]
+    """Enabled checks assigned to ``target``, by id order (stable for the ETag); the
+    same rules as the agent's assignment (server/services/assignments.py)."""
+    assigned = assigned_check_ids(session, target, current_serial(session))
+    return [c for c in list_checks(session) if c.id in assigned]
 
 
 def agent_assignment(session: Session, target: Target) -> dict[str, Any]:

@@ -3,6 +3,9 @@
 Each registration starts a token *family*. Refreshing spends the presented token and
 issues the next one in the family. A spent token presented again means two parties hold
 the agent's secrets, so the whole family is revoked and the agent must re-register.
+
+Every revocation also moves the agent's credential generation in Redis
+(``server.security.revocation``), so the access JWTs it holds stop working at once.
 """
 
 from __future__ import annotations
@@ -10,13 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import redis
+from flask import has_app_context, has_request_context
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from server.errors import Unauthorized
 from server.models import AgentCredential, new_uuid, utcnow
+from server.security import revocation
 from server.security.jwt_tokens import JwtConfig, issue_access_token
 from server.security.secrets import REFRESH_PREFIX, hash_secret, new_secret
+from server.services import audit
 
 # A spent refresh token presented again within this many seconds, with nothing newer in
 # its family used yet, is an agent retrying after a lost reply, not a stolen token.
@@ -38,6 +45,18 @@ class TokenPair:
         }
 
 
+def _redis() -> redis.Redis:
+    """The Redis that holds credential generations: the app's in a request, else the
+    one of this process's settings (CLI commands, jobs)."""
+    if has_app_context():
+        from server.extensions import redis_client
+
+        return redis_client()
+    from server.jobs import context
+
+    return context.redis_client()
+
+
 def _issue(
     session: Session, jwt_config: JwtConfig, agent_id: str, family_id: str, refresh_ttl: int
 ) -> TokenPair:
@@ -50,7 +69,10 @@ def _issue(
             expires_at=utcnow() + timedelta(seconds=refresh_ttl),
         )
     )
-    return TokenPair(issue_access_token(jwt_config, agent_id), refresh, jwt_config.ttl_s)
+    generation = revocation.generation(_redis(), agent_id)
+    return TokenPair(
+        issue_access_token(jwt_config, agent_id, generation), refresh, jwt_config.ttl_s
+    )
 
 
 def start_family(
@@ -61,13 +83,19 @@ def start_family(
     return _issue(session, jwt_config, agent_id, new_uuid(), refresh_ttl)
 
 
-def revoke_all(session: Session, agent_id: str) -> None:
+def revoke_all(session: Session, agent_id: str, *, cut_off_access_tokens: bool = True) -> None:
+    """Revoke every refresh token of ``agent_id`` and (unless told not to) cut off the
+    access tokens it holds. A deleted target needs no cut-off: its agent's calls answer
+    404 ``target_not_found`` (which tells it to re-register), and a new registration of
+    the id moves the generation anyway."""
     session.execute(
         update(AgentCredential)
         .where(AgentCredential.target_id == agent_id, AgentCredential.revoked_at.is_(None))
         .values(revoked_at=utcnow())
         .execution_options(synchronize_session=False)
     )
+    if cut_off_access_tokens:
+        revocation.revoke(_redis(), agent_id)
 
 
 def has_live_credentials(session: Session, agent_id: str) -> bool:
@@ -133,10 +161,13 @@ def rotate(
     if spent.rowcount != 1:  # type: ignore[attr-defined]
         if _is_retry_of_lost_reply(session, row, now):
             # The agent never saw the reply to its first use (timeout, restart). Its
-            # retry gets a fresh pair; the pair it never received stops working.
-            revoke_family(session, row.family_id)
+            # retry gets a fresh pair; the pair it never received stops working. If a
+            # thief was the first to present the token, it wins this way: the audit
+            # entry is how an operator learns of it.
+            revoke_family(session, agent_id, row.family_id)
+            _audit_grace_used(session, row, now)
             return _issue(session, jwt_config, agent_id, row.family_id, refresh_ttl)
-        revoke_family(session, row.family_id)
+        revoke_family(session, agent_id, row.family_id)
         session.commit()
         raise Unauthorized(
             "refresh token was already used: every token of this agent is revoked; "
@@ -162,10 +193,28 @@ def _is_retry_of_lost_reply(session: Session, row: AgentCredential, now: datetim
     return not used_later
 
 
-def revoke_family(session: Session, family_id: str) -> None:
+def _audit_grace_used(session: Session, row: AgentCredential, now: datetime) -> None:
+    assert row.spent_at is not None  # checked by _is_retry_of_lost_reply
+    details: dict[str, object] = {
+        "family_id": row.family_id,
+        "first_used_s_ago": round((now - row.spent_at).total_seconds(), 3),
+        "grace_s": REUSE_GRACE_S,
+    }
+    if has_request_context():
+        from server.api.peer import client_address
+
+        details["client"] = client_address()
+    audit.record(
+        session, f"agent:{row.target_id}", "agent_token.refresh_grace_used", row.target_id, details
+    )
+
+
+def revoke_family(session: Session, agent_id: str, family_id: str) -> None:
+    """Revoke one token family of ``agent_id`` and cut off its access tokens."""
     session.execute(
         update(AgentCredential)
         .where(AgentCredential.family_id == family_id, AgentCredential.revoked_at.is_(None))
         .values(revoked_at=utcnow())
         .execution_options(synchronize_session=False)
     )
+    revocation.revoke(_redis(), agent_id)

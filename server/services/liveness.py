@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
-from server.services import commands
+from server.services import clones, commands
 
 LAST_SEEN_KEY = "aami:liveness"
 FACTS_KEY = "aami:facts"
@@ -30,20 +30,31 @@ def record_heartbeat(client: redis.Redis, agent_id: str, facts: dict[str, Any]) 
     return status.decode() if status else None
 
 
+class Beat(NamedTuple):
+    status: str | None
+    """The status Redis last knew for the agent (None if none)."""
+    commands: list[dict[str, Any]]
+    previous_instance: str | None
+    """The instance id the agent's previous heartbeat carried (clone detection)."""
+
+
 def beat(
-    client: redis.Redis, agent_id: str, facts: dict[str, Any]
-) -> tuple[str | None, list[dict[str, Any]]]:
-    """A heartbeat's Redis work in one round trip: :func:`record_heartbeat`, and the
-    agent's oldest pending commands taken by one LPOP (atomic: two replies never carry the
-    same one). Returns (the status Redis last knew, the commands)."""
+    client: redis.Redis, agent_id: str, facts: dict[str, Any], instance_id: str | None = None
+) -> Beat:
+    """A heartbeat's Redis work in one round trip: :func:`record_heartbeat`, the agent's
+    oldest pending commands taken by one LPOP (atomic: two replies never carry the same
+    one), and ``instance_id`` swapped in for the one the previous heartbeat carried."""
     now = time.time()
     with client.pipeline(transaction=False) as pipe:
         pipe.zadd(LAST_SEEN_KEY, {agent_id: now})
         pipe.hset(FACTS_KEY, agent_id, json.dumps({**facts, "received_at": now}))
         pipe.hget(STATUS_KEY, agent_id)
         pipe.lpop(commands.queue_key(agent_id), commands.MAX_PER_REPLY)
-        _, _, status, raw = pipe.execute()
-    return (status.decode() if status else None), commands.decode_taken(raw)
+        if instance_id:
+            clones.swap_instance(pipe, agent_id, instance_id)
+        _, _, status, raw, *swapped = pipe.execute()
+    previous = swapped[0].decode() if swapped and swapped[0] else None
+    return Beat(status.decode() if status else None, commands.decode_taken(raw), previous)
 
 
 def remember_status(client: redis.Redis, agent_id: str, status: str) -> None:

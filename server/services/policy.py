@@ -19,7 +19,7 @@ from server.models import Check, CheckAssignment, Group, PolicySerial, Target
 from server.security.policy import sign_policy
 
 _POLICY_MODELS = (Check, CheckAssignment, Group)
-_TARGET_POLICY_FIELDS = ("labels", "group_id")
+_TARGET_POLICY_FIELDS = ("labels", "agent_labels", "group_id", "group_from_agent")
 
 
 def _touches_policy(session: Session) -> bool:

@@ -1,4 +1,5 @@
-"""Agent registration: the four matching rows of the design, plus identity-theft guard.
+"""Agent registration: the four matching rows of the design, the identity guard and the
+bootstrap token's scope (the trust model is written down in docs/security.md).
 
 | scenario                         | agent_id  | result                          |
 | new registration, id provided    | provided  | create a target with that id    |
@@ -6,9 +7,13 @@
 | re-registration / restart        | provided  | connect to the existing target  |
 | pre-registered by an operator    | provided  | connect the agent to the target |
 
-An id that already holds live credentials is only handed out again with proof: the
-agent's current refresh token, a bootstrap token an operator bound to that id, or a
-verified client certificate naming that id.
+Once an agent has claimed an id (registered under it), the id is only handed out again
+with proof, whatever the state of its credentials: the agent's registration key, its
+current refresh token, a verified client certificate naming that id, or a bootstrap token
+an operator bound to that id. Expired or revoked credentials prove nothing either way:
+without this, anyone holding a bootstrap token took over a host whose refresh token had
+lapsed. A target an operator pre-registered and no agent has claimed yet is free to claim.
+An operator gives a rebuilt host its id back with a bound token or :func:`reset_claim`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from server.errors import Conflict, InvalidFields
+from server.errors import Conflict, Forbidden, InvalidFields, NotFound
 from server.models import Group, Target, new_uuid, utcnow
 from server.security.jwt_tokens import JwtConfig
 from server.security.secrets import hash_secret, same_secret
@@ -41,6 +46,56 @@ def _holds_registration_key(target: Target, key: str | None) -> bool:
     )
 
 
+def is_claimed(target: Target) -> bool:
+    """Whether an agent registered under this id (pre-registered targets are not, until
+    their agent comes; :func:`reset_claim` makes a target unclaimed again)."""
+    return target.registered_at is not None or target.registration_key_hash is not None
+
+
+def _proves_identity(
+    session: Session,
+    target: Target,
+    request: dict[str, Any],
+    token: TokenUse,
+    certified_agent_id: str | None,
+) -> bool:
+    if token.bound_agent_id == target.id or certified_agent_id == target.id:
+        return True
+    if _holds_registration_key(target, request.get("registration_key")):
+        return True
+    proof = request.get("refresh_token")
+    return bool(proof and credentials.is_live_refresh_token(session, target.id, proof))
+
+
+def _require_group_in_scope(asked: str | None, token: TokenUse) -> None:
+    """The token's group is authoritative: an agent cannot register itself elsewhere."""
+    if token.group_id is not None and asked is not None and asked != token.group_id:
+        raise Forbidden(
+            f"this bootstrap token registers agents into group {token.group_id!r}, not "
+            f"{asked!r}: set agent.group to {token.group_id!r} or leave it empty, or ask an "
+            "operator for a token of that group",
+            code="group_out_of_scope",
+        )
+
+
+def _require_group_exists(session: Session, group_id: str | None) -> None:
+    if group_id is not None and session.get(Group, group_id) is None:
+        raise InvalidFields(
+            f"group {group_id!r} does not exist", fields={"group_id": ["unknown group"]}
+        )
+
+
+def _place_in_group(target: Target, asked: str | None, token: TokenUse) -> None:
+    """An operator's group stays; else the token's; else the group the agent asked for,
+    marked as the agent's own (it then delivers no check that carries secrets)."""
+    if target.group_id is not None and not target.group_from_agent:
+        return
+    if token.group_id is not None:
+        target.group_id, target.group_from_agent = token.group_id, False
+    else:
+        target.group_id, target.group_from_agent = asked, asked is not None
+
+
 def register_agent(
     session: Session,
     jwt_config: JwtConfig,
@@ -60,41 +115,34 @@ def register_agent(
             code="token_bound_elsewhere",
         )
     agent_id = agent_id or token.bound_agent_id
-    group_id = request.get("group_id") or token.group_id
-    if group_id is not None and session.get(Group, group_id) is None:
-        raise InvalidFields(
-            f"group {group_id!r} does not exist", fields={"group_id": ["unknown group"]}
-        )
-    labels = {**request.get("labels", {}), **token.labels}
+    asked_group = request.get("group_id") or None  # "" is no group, as it always was
+    _require_group_in_scope(asked_group, token)
+    _require_group_exists(session, asked_group or token.group_id)
 
     target = session.get(Target, agent_id) if agent_id else None
     created = target is None
     if target is None:
         target = Target(id=agent_id or new_uuid(), hostname=request["hostname"])
         session.add(target)
-    elif credentials.has_live_credentials(session, target.id):
-        proof = request.get("refresh_token")
-        bound = token.bound_agent_id == target.id
-        certified = certified_agent_id == target.id
-        keyed = _holds_registration_key(target, request.get("registration_key"))
-        if not (bound or certified or keyed) and not (
-            proof and credentials.is_live_refresh_token(session, target.id, proof)
-        ):
-            raise Conflict(
-                f"agent id {target.id} is already registered and holds credentials. "
-                "If this is that agent, re-register with its current refresh token or "
-                "registration key; "
-                "otherwise ask an operator for a bootstrap token bound to this id "
-                f"(aami-server token create --agent-id {target.id}), connect with the "
-                "agent's client certificate, or give the host a new id.",
-                code="agent_id_in_use",
-            )
+    elif is_claimed(target) and not _proves_identity(
+        session, target, request, token, certified_agent_id
+    ):
+        raise Conflict(
+            f"agent id {target.id} is already claimed by an agent. If this is that agent, "
+            "re-register with its registration key or its current refresh token; "
+            "after a rebuild, ask an operator for a bootstrap token bound to this id "
+            f"(aami-server token create --agent-id {target.id}) or to reset the claim "
+            f"(aami-server agent reset {target.id}), connect with the agent's client "
+            "certificate, or give the host a new id.",
+            code="agent_id_in_use",
+        )
     target.hostname = request["hostname"]
     target.ip_address = request.get("ip_address") or target.ip_address
-    # An existing target's group and labels are the operator's (pre-registration, PATCH):
-    # the agent and its bootstrap token only fill in what the target does not have yet.
-    target.group_id = target.group_id or group_id
-    target.labels = {**labels, **(target.labels or {})}
+    _place_in_group(target, asked_group, token)
+    # Trusted labels: the operator's (pre-registration, PATCH) win over the token's,
+    # which only fill in. The agent's own labels are kept apart and replaced each time.
+    target.labels = {**token.labels, **(target.labels or {})}
+    target.agent_labels = dict(request.get("labels") or {})
     target.attributes = dict(request.get("metadata") or {})
     target.agent_version = request.get("agent_version") or target.agent_version
     target.registered_at = utcnow()
@@ -105,3 +153,17 @@ def register_agent(
     session.flush()
     tokens = credentials.start_family(session, jwt_config, target.id, refresh_ttl)
     return Registration(target.id, created, tokens)
+
+
+def reset_claim(session: Session, target_id: str) -> Target:
+    """Forget which agent claimed ``target_id`` and revoke its credentials: the next agent
+    to register under the id (any bootstrap token) claims it. For a host that was rebuilt
+    and lost its registration key; the caller audits it."""
+    target = session.get(Target, target_id)
+    if target is None:
+        raise NotFound(f"no target with id {target_id}", code="target_not_found")
+    target.registered_at = None
+    target.registration_key_hash = None
+    credentials.revoke_all(session, target_id)
+    session.flush()
+    return target

@@ -38,6 +38,8 @@ def preregister_target(session: Session, data: dict[str, Any]) -> Target:
         ip_address=data.get("ip_address"),
         group_id=data.get("group_id"),
         labels=dict(data.get("labels") or {}),
+        agent_labels={},
+        group_from_agent=False,
         attributes={},
     )
     session.add(target)
@@ -49,6 +51,7 @@ def update_target(session: Session, target_id: str, changes: dict[str, Any]) -> 
     target = get_target(session, target_id)
     if "group_id" in changes:
         _require_group(session, changes["group_id"])
+        target.group_from_agent = False  # an operator's group is trusted
     for name in ("hostname", "group_id", "labels", "maintenance"):
         if name in changes:
             setattr(target, name, changes[name])
@@ -83,8 +86,9 @@ def transition_status(
     when: datetime | None = None,
     only_from: tuple[str, ...] | None = None,
     message: str = "",
-) -> bool:
-    """Move a target to ``new_status`` and record one event, if it was not there already.
+) -> Event | None:
+    """Move a target to ``new_status`` and record one event, if it was not there already;
+    returns that event (the caller announces it to the event sinks once committed).
 
     The conditional UPDATE makes the move happen once even when two processes (two
     heartbeats, two sweeps) try it at the same moment: only the one that changed the row
@@ -92,10 +96,10 @@ def transition_status(
     """
     target = session.get(Target, target_id)
     if target is None or target.status == new_status:
-        return False
+        return None
     previous = target.status
     if only_from is not None and previous not in only_from:
-        return False
+        return None
     moved = session.execute(
         update(Target)
         .where(Target.id == target_id, Target.status == previous)
@@ -103,19 +107,18 @@ def transition_status(
         .execution_options(synchronize_session=False)
     )
     if moved.rowcount != 1:  # type: ignore[attr-defined]
-        return False
-    session.add(
-        Event(
-            kind="target_status",
-            target_id=target_id,
-            previous=previous,
-            current=new_status,
-            message=message or f"{target.hostname} is {new_status} (was {previous})",
-        )
+        return None
+    event = Event(
+        kind="target_status",
+        target_id=target_id,
+        previous=previous,
+        current=new_status,
+        message=message or f"{target.hostname} is {new_status} (was {previous})",
     )
+    session.add(event)
     session.flush()
     session.refresh(target)
-    return True
+    return event
 
 
 def create_group(session: Session, data: dict[str, Any]) -> Group:

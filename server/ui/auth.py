@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
+from server.errors import RateLimited
 from server.ui import session
 
 bp = Blueprint("auth", __name__)
@@ -30,7 +31,11 @@ def login() -> ResponseReturnValue:
         return redirect(next_url)
     error = None
     if request.method == "POST":
-        row = session.find_admin_token(request.form.get("token", ""))
+        try:
+            row = session.find_admin_token(request.form.get("token", ""))
+        except RateLimited as exc:
+            page = render_template("ui/login.html", error=exc.message, next_url=next_url)
+            return page, 429, {"Retry-After": str(exc.retry_after)}
         if row is not None:
             session.log_in(row)
             return redirect(next_url)

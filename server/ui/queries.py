@@ -166,7 +166,7 @@ def fleet_rows(session: Session, client: redis.Redis, flt: FleetFilter) -> list[
         hostname=flt.q or None,
         limit=MAX_TARGETS,
     )
-    targets = [t for t in targets if flt.matches_labels(t.labels)]
+    targets = [t for t in targets if flt.matches_labels(t.effective_labels)]
     states = states_of(session, (t.id for t in targets))
     seen = last_seen_of(client, targets)
     rows = [TargetRow(t, seen[t.id], states.get(t.id, [])) for t in targets]
@@ -185,8 +185,8 @@ def truncated(counts: FleetCounts) -> bool:
 def label_choices(session: Session) -> list[str]:
     """Every ``key=value`` pair in use, for the label filter's suggestions."""
     pairs: set[str] = set()
-    for labels in session.scalars(select(Target.labels)):
-        for key, value in (labels or {}).items():
+    for trusted, declared in session.execute(select(Target.labels, Target.agent_labels)):
+        for key, value in {**(declared or {}), **(trusted or {})}.items():
             pairs.add(f"{key}={value}")
     return sorted(pairs)
 

@@ -4,9 +4,10 @@ It keeps the parts of the server the agent can observe: tokens that expire and r
 an assignment with an ETag and a long-poll, pending commands delivered with heartbeats,
 and the results it accepted. Switches make it fail the way a real server does.
 
-Policies are signed like the real server signs them (server/security/policy.py) once a
-test sets ``policy_key``; client certificates are issued by a real
-server.security.ca.CertificateAuthority once a test sets ``ca``.
+Policies are signed like the real server signs them (server/security/policy.py), by
+default with TEST_POLICY_KEY (which tests/agent/test_runner.py's configs trust), and the
+registration reply announces the key like the real one; client certificates are issued
+by a real server.security.ca.CertificateAuthority once a test sets ``ca``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,40 @@ from agent.transport.base import (
 from tests.agent.jwt_helpers import make_jwt
 
 
+def _new_policy_key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate()
+
+
+TEST_POLICY_KEY = _new_policy_key()
+"""What a FakeServer signs with unless a test says otherwise."""
+
+
+def public_key(key: Any) -> str:
+    """The base64 public key of ``key``, as agents configure and pin it."""
+    from server.security.policy import public_key_text
+
+    return public_key_text(key)
+
+
+TEST_POLICY_PUBLIC_KEY = public_key(TEST_POLICY_KEY)
+
+
+def signed_assignment(target_id: str, checks: list[Any], *, version: str = "v1",
+                      serial: int = 1, key: Any = TEST_POLICY_KEY) -> Assignment:
+    """An assignment for ``target_id`` as a server holding ``key`` signs it."""
+    from server.security.policy import sign_policy
+
+    policy: dict[str, Any] = {"target_id": target_id, "config_version": version,
+                              "checks": checks, "serial": serial,
+                              "issued_at": "2026-11-22T10:30:00.123Z"}
+    signature = sign_policy(key, policy)
+    return Assignment(etag=f'"{version}"', config_version=version, checks=checks,
+                      target_id=target_id, serial=serial, issued_at=policy["issued_at"],
+                      signature=PolicySignature(**signature))
+
+
 class FakeServer:
     """The server's state; each agent talks to it through its own FakeTransport."""
 
@@ -66,7 +101,9 @@ class FakeServer:
         self._checks: list[Any] = []
         self._version = 0
         # Signed policies: None sends them unsigned (a server without a policy key).
-        self.policy_key: Any = None  # an Ed25519PrivateKey
+        self.policy_key: Any = TEST_POLICY_KEY  # an Ed25519PrivateKey
+        # Registration replies announce policy_key; as if over verified TLS when True.
+        self.verified_tls = False
         self.serial = 0  # bumped by assign(); a test lowers it to replay
         self.target_override: str | None = None  # sign a policy for another target
         self.tamper: Callable[[dict[str, Any]], None] | None = None  # edits a signed reply
@@ -124,6 +161,9 @@ class FakeServer:
         return TokenGrant(access_token=access, refresh_token=refresh, expires_in=900,
                           agent_id=agent_id, heartbeat_interval=self.heartbeat_interval)
 
+    def _announced_keys(self) -> tuple[str, ...]:
+        return () if self.policy_key is None else (public_key(self.policy_key),)
+
     def transport(self) -> FakeTransport:
         return FakeTransport(self)
 
@@ -160,7 +200,9 @@ class FakeServer:
             if registration.csr:
                 certificate = self._issue(agent_id, registration.csr, at_registration=True)
             self._known_agents.add(agent_id)
-            return dataclasses.replace(self._grant(agent_id), certificate=certificate)
+            return dataclasses.replace(self._grant(agent_id), certificate=certificate,
+                                       policy_keys=self._announced_keys(),
+                                       verified_tls=self.verified_tls)
 
     def renew_certificate(self, agent_id: str, access_token: str, csr: str
                           ) -> IssuedCertificate:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -436,6 +437,31 @@ def test_a_bad_policy_key_stops_the_agent_naming_the_entry(tmp_path: Path, key: 
     with pytest.raises(ConfigError, match=r"server.policy_keys\[1\]: .* is not a base64 "
                                           r"Ed25519 public key"):
         load(tmp_path, f"server: {{address: x, policy_keys: [{POLICY_KEY}, '{key}']}}\n")
+
+
+def test_unsigned_policies_are_refused_unless_the_insecure_option_is_set(
+    tmp_path: Path,
+) -> None:
+    assert load(tmp_path, "server: {address: x}\n").server.insecure_accept_unsigned_policies \
+        is False
+    config = load(tmp_path, "server: {address: x, insecure_accept_unsigned_policies: true}\n")
+    assert config.server.insecure_accept_unsigned_policies is True
+
+
+@pytest.mark.parametrize(
+    ("server", "message"),
+    [(f"{{address: x, policy_keys: [{POLICY_KEY}], insecure_accept_unsigned_policies: true}}",
+      "server.insecure_accept_unsigned_policies: cannot be true while server.policy_keys "
+      "is set"),
+     ("{address: x, insecure_accept_unsigned_policies: 'yes please'}",
+      "server.insecure_accept_unsigned_policies: expected true or false")],
+    ids=["with-keys", "not-a-boolean"],
+)
+def test_a_bad_insecure_option_stops_the_agent_naming_the_key(
+    tmp_path: Path, server: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(tmp_path, f"server: {server}\n")
 
 
 def test_enrollment_puts_the_certificate_in_the_state_dir_by_default(tmp_path: Path) -> None:

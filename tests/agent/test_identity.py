@@ -125,3 +125,20 @@ def test_registration_key_is_made_once_private_and_kept(tmp_path):
     assert len(key) >= 32
     assert path.stat().st_mode & 0o777 == 0o600
     assert load_or_create_registration_key(path) == key
+
+
+def test_instance_id_is_kept_and_changes_with_the_machine(tmp_path):
+    from agent.identity import load_or_create_instance_id
+
+    path = tmp_path / "state" / "instance.id"
+    machine = tmp_path / "machine-id"
+    machine.write_text("1111\n")
+    first = load_or_create_instance_id(path, (machine,))
+    assert load_or_create_instance_id(path, (machine,)) == first
+    # The same state directory on another machine (a cloned image) is another instance.
+    machine.write_text("2222\n")
+    assert load_or_create_instance_id(path, (machine,)) != first
+    # A fresh install on the first machine is another instance too.
+    machine.write_text("1111\n")
+    path.unlink()
+    assert load_or_create_instance_id(path, (machine,)) != first

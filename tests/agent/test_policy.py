@@ -179,7 +179,8 @@ def test_the_agent_does_not_load_cryptography_without_policy_keys(tmp_path: Path
     import subprocess
     import sys
 
-    code = ("import sys; import agent.policy, agent.runner, agent.enrollment; "
+    code = ("import sys; import agent.policy, agent.policy_trust, agent.runner, "
+            "agent.enrollment; "
             "print('cryptography' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
@@ -199,12 +200,13 @@ def plugins(tmp_path: Path) -> Path:
     return directory
 
 
-def config_with_keys(tmp_path: Path, *keys: Any) -> Path:
-    path = write_config(tmp_path)
-    if keys:
-        listed = ", ".join(json.dumps(public(k)) for k in keys)
-        path.write_text(path.read_text().replace(
-            "server:\n", f"server:\n  policy_keys: [{listed}]\n", 1))
+def config_with_keys(tmp_path: Path, *keys: Any, address: str = "aami.invalid:8080",
+                     extra_server: str = "") -> Path:
+    """An agent.yaml trusting ``keys`` (none: the default configuration); ``extra_server``
+    adds lines to its server section."""
+    path = write_config(tmp_path, address=address, policy_keys=[public(k) for k in keys])
+    if extra_server:
+        path.write_text(path.read_text().replace("server:\n", f"server:\n{extra_server}", 1))
     return path
 
 
@@ -366,19 +368,6 @@ def test_a_cached_policy_that_does_not_verify_is_not_run_at_start(
     wait_for(lambda: server.results_for("signed"), what="the signed policy to run")
 
 
-def test_without_policy_keys_unsigned_policies_run_and_the_agent_says_so(
-    tmp_path: Path, server: FakeServer, agents: Agents, plugins: Path,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    server.policy_key = None
-    server.assign([check("plain", "ok.sh", plugins=plugins)])
-    with caplog.at_level(logging.WARNING, logger="agent.runner"):
-        agent = agents.start(config_with_keys(tmp_path))
-        wait_for(lambda: server.results_for("plain"), what="the unsigned policy to run")
-    assert caplog.text.count("check policies from the server are not verified") == 1
-    assert agent.policy is None
-
-
 def test_check_once_refuses_a_tampered_policy_and_uses_the_verified_cache(
     tmp_path: Path, server: FakeServer, plugins: Path, key: Any
 ) -> None:
@@ -419,3 +408,173 @@ def test_a_key_added_by_a_reload_is_trusted_without_a_restart(
     agent.reload()
     wait_for(lambda: server.results_for("second"), what="the policy of the new key to run")
     assert agent._policy_error is None
+
+
+# -- the default: no keys configured -------------------------------------------------------
+
+HTTPS = "https://aami.invalid:8443"
+PIN = Path("state") / "policy-keys.json"
+
+
+def refusal_reported(server: FakeServer, fragment: str) -> None:
+    wait_for(lambda: any(fragment in (b["policy_error"] or "") for b in server.heartbeats),
+             what=f"a heartbeat reporting {fragment!r}")
+
+
+def start_pinned_agent(
+    tmp_path: Path, server: FakeServer, agents: Agents, plugins: Path
+) -> tuple[Path, Agent]:
+    """An agent with the default configuration over verified TLS, running the policy (check
+    ``first``) signed by the key it pinned at registration; returns its config file too."""
+    server.verified_tls = True
+    config = config_with_keys(tmp_path, address=HTTPS)
+    server.assign([check("first", "ok.sh", plugins=plugins)])
+    agent = agents.start(config)
+    wait_for(lambda: server.results_for("first"), what="the first policy")
+    return config, agent
+
+
+def test_default_agent_over_http_refuses_even_a_signed_policy_and_says_what_to_set(
+    tmp_path: Path, server: FakeServer, agents: Agents, plugins: Path,
+) -> None:
+    # A man in the middle of plain HTTP could send any policy with any key: trust none.
+    server.assign([check("evil", "warn.sh", plugins=plugins)])
+    agent = agents.start(config_with_keys(tmp_path))
+    refusal_reported(server, "learns none over plain HTTP")
+    message = agent._policy_error or ""
+    assert "set server.policy_keys to the server's key" in message
+    assert "server.insecure_accept_unsigned_policies: true" in message
+    assert checks_of(agent) == [] and server.results_for("evil") == []
+    assert not (tmp_path / PIN).exists()  # the key the reply announced is not pinned
+    assert agent.status.snapshot()["policy_trust"].startswith("every policy refused")
+
+
+def test_default_agent_refuses_a_policy_the_server_did_not_sign(
+    tmp_path: Path, server: FakeServer, agents: Agents, plugins: Path,
+) -> None:
+    make_unsigned(server)  # a server with policy signing off: it announces no key either
+    server.verified_tls = True
+    server.assign([check("unsigned", "ok.sh", plugins=plugins)])
+    agent = agents.start(config_with_keys(tmp_path, address=HTTPS))
+    refusal_reported(server, "the server announced no policy key at registration")
+    assert checks_of(agent) == [] and server.results_for("unsigned") == []
+    assert not (tmp_path / PIN).exists()
+
+
+def test_over_verified_tls_the_agent_pins_the_key_and_then_refuses_tampering(
+    tmp_path: Path, server: FakeServer, agents: Agents, plugins: Path, key: Any,
+) -> None:
+    server.verified_tls = True
+    server.assign([check("real", "ok.sh", plugins=plugins)])
+    agent = agents.start(config_with_keys(tmp_path, address=HTTPS))
+    wait_for(lambda: server.results_for("real"), what="the signed policy to run")
+    pin = tmp_path / PIN
+    assert json.loads(pin.read_text())["keys"] == [public(key)]
+    assert pin.stat().st_mode & 0o777 == 0o600
+    assert "pinned at registration" in agent.status.snapshot()["policy_trust"]
+
+    make_tampered(server)
+    server.assign([check("evil", "warn.sh", plugins=plugins)])
+    refusal_reported(server, "does not verify")
+    assert checks_of(agent) == ["real"] and server.results_for("evil") == []
+
+
+def test_a_restarted_agent_keeps_trusting_its_pin_without_registering(
+    tmp_path: Path, server: FakeServer, agents: Agents, plugins: Path,
+) -> None:
+    config, first = start_pinned_agent(tmp_path, server, agents, plugins)
+    agents.stop(first)
+    server.down = True  # the cached policy verifies with the pin at start, offline
+    agent = agents.start(config)
+    assert checks_of(agent) == ["first"]
+    assert len(server.registrations) == 1
+
+
+def test_a_changed_server_key_is_not_pinned_and_its_policies_wait_for_an_operator(
+    tmp_path: Path, server: FakeServer, agents: Agents, plugins: Path, key: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config, agent = start_pinned_agent(tmp_path, server, agents, plugins)
+
+    impostor = new_key()  # or a rotation nobody told the agents about
+    server.policy_key = impostor
+    server.forget_agents()  # the agent registers again and is told of the new key
+    server.assign([check("second", "warn.sh", plugins=plugins)])
+    with caplog.at_level(logging.ERROR, logger="agent.policy_trust"):
+        refusal_reported(server, "differs from the one pinned")
+    assert "the pin stays" in caplog.text
+    assert json.loads((tmp_path / PIN).read_text())["keys"] == [public(key)]
+    assert checks_of(agent) == ["first"] and server.results_for("second") == []
+
+    # The operator acts: the new key goes into the configuration, and a reload trusts it.
+    config.write_text(config.read_text().replace(
+        "server:\n", f"server:\n  policy_keys: [{json.dumps(public(impostor))}]\n", 1))
+    agent.reload()
+    wait_for(lambda: server.results_for("second"), what="the new key's policy to run")
+
+
+def test_a_damaged_pin_is_reported_and_never_silently_replaced(
+    tmp_path: Path, server: FakeServer, agents: Agents, plugins: Path,
+) -> None:
+    server.verified_tls = True
+    pin = tmp_path / PIN
+    pin.parent.mkdir(parents=True)
+    pin.write_text("{not json")
+    server.assign([check("real", "ok.sh", plugins=plugins)])
+    agent = agents.start(config_with_keys(tmp_path, address=HTTPS))
+    refusal_reported(server, f"the pinned policy keys cannot be used (cannot read {pin}")
+    assert pin.read_text() == "{not json"
+    assert checks_of(agent) == []
+
+
+def test_the_insecure_option_runs_unsigned_policies_and_says_so_loudly(
+    tmp_path: Path, server: FakeServer, agents: Agents, plugins: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    make_unsigned(server)
+    server.assign([check("plain", "ok.sh", plugins=plugins)])
+    config = config_with_keys(
+        tmp_path, extra_server="  insecure_accept_unsigned_policies: true\n")
+    with caplog.at_level(logging.WARNING, logger="agent.runner"):
+        agent = agents.start(config)
+        wait_for(lambda: server.results_for("plain"), what="the unsigned policy to run")
+    assert caplog.text.count("INSECURE: check policies from the server are NOT VERIFIED") == 1
+    assert "NOT VERIFIED" in agent.status.snapshot()["policy_trust"]
+    assert not (tmp_path / PIN).exists()
+
+
+def test_check_once_with_the_default_configuration_refuses_over_http(
+    tmp_path: Path, server: FakeServer, plugins: Path,
+) -> None:
+    server.assign([check("evil", "warn.sh", plugins=plugins)])
+    with pytest.raises(AgentError, match="learns none over plain HTTP"):
+        check_once(load_config(config_with_keys(tmp_path)), transport=server.transport())
+
+
+def test_check_once_pins_over_verified_tls(
+    tmp_path: Path, server: FakeServer, plugins: Path,
+) -> None:
+    server.verified_tls = True
+    server.assign([check("real", "ok.sh", plugins=plugins)])
+    config = load_config(config_with_keys(tmp_path, address=HTTPS))
+    report = check_once(config, transport=server.transport())
+    assert [r.check_id for r in report.results] == ["real"]
+    assert (tmp_path / PIN).exists()
+
+
+def test_keys_announced_over_tls_that_are_not_keys_are_not_pinned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from agent.policy_pin import PolicyKeyPin
+    from agent.policy_trust import PolicyTrust
+    from agent.transport.base import TokenGrant
+
+    pin = PolicyKeyPin(tmp_path / "policy-keys.json")
+    trust = PolicyTrust((), insecure=False, pin=pin, tls=True)
+    grant = TokenGrant(access_token="a", refresh_token="r", policy_keys=("c2hvcnQ=",),
+                       verified_tls=True)
+    with caplog.at_level(logging.ERROR, logger="agent.policy_trust"):
+        assert trust.learn(grant, HTTPS, 0.0) is False
+    assert "not pinning the policy keys the server announced" in caplog.text
+    assert not pin.path.exists()
+    assert trust.describe().startswith("every policy refused: no policy key is pinned")

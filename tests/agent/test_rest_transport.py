@@ -178,6 +178,17 @@ def test_register_existing_target_200_and_proof_of_ownership(
     assert server.requests[0].body["refresh_token"] == "aami_rt_0"
 
 
+def test_register_reads_the_announced_policy_keys_and_plain_http_is_not_verified_tls(
+    server: FakeServer, transport: RestTransport
+) -> None:
+    key = "6G3g0mHc8pPOLJq5CmXbgqdrvSlD9J0vCMKxGrtOCkg="
+    server.script("/bootstrap-tokens/register",
+                  Reply(201, {**GRANT, "policy_keys": [key, 42, None]}))
+    grant = transport.register(Registration(token="t", agent_id=AGENT_ID, hostname="h"))
+    assert grant.policy_keys == (key,)  # what is not even a string is dropped
+    assert grant.verified_tls is False  # what a man in the middle sent would look the same
+
+
 @pytest.mark.parametrize(("status", "code"), [(401, "invalid_bootstrap_token"),
                                               (409, "agent_id_in_use"), (422, "invalid")])
 def test_register_refusals_are_registration_rejected(
@@ -634,6 +645,15 @@ def test_new_client_certificate_files_are_used_without_a_restart(
     rest.use_tls_files(str(cert), str(key), str(pki.ca))
     rest.heartbeat(AGENT_ID, "jwt", {"version": "0.1.0"})
     assert tls_server.requests[-1].peer_cn == "agent-renewed"
+    rest.close()
+
+
+def test_a_registration_over_verified_tls_says_so(tls_server: FakeServer, pki: Pki) -> None:
+    tls_server.script("/bootstrap-tokens/register", Reply(201, {**GRANT, "policy_keys": []}))
+    rest = RestTransport(tls_server.url, timeout=2.0, ca_cert=str(pki.ca),
+                         client_cert=str(pki.client_cert), client_key=str(pki.client_key))
+    grant = rest.register(Registration(token="t", agent_id=AGENT_ID, hostname="h"))
+    assert grant.verified_tls is True and grant.policy_keys == ()
     rest.close()
 
 

@@ -15,7 +15,7 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,7 @@ from agent.errors import AgentError, ConfigError, RequestRejected, RetryLater, T
 from agent.runner import Agent, check_once
 from agent.scheduler import splay_offset
 from agent.spool import Spool
-from agent.transport.base import Assignment
-from tests.agent.fakes import FakeServer, wait_for
+from tests.agent.fakes import TEST_POLICY_PUBLIC_KEY, FakeServer, signed_assignment, wait_for
 
 SCRIPTS = {
     "ok.sh": 'echo "OK - all good | load=0.5;1;2"\n',
@@ -52,13 +51,17 @@ def plugins(tmp_path: Path) -> Path:
 
 
 def write_config(tmp_path: Path, extra: str = "", token: str = "aami_bt_test",
-                 address: str = "aami.invalid:8080") -> Path:
+                 address: str = "aami.invalid:8080",
+                 policy_keys: Sequence[str] = (TEST_POLICY_PUBLIC_KEY,)) -> Path:
+    """An agent.yaml for a FakeServer; it trusts the FakeServer's default policy key."""
     path = tmp_path / "agent.yaml"
     token_line = f"bootstrap_token: {token}" if token else ""
+    keys_line = f"policy_keys: {json.dumps(list(policy_keys))}" if policy_keys else ""
     path.write_text(textwrap.dedent(f"""\
         server:
           address: {address}
           {token_line}
+          {keys_line}
         agent:
           id_file: {tmp_path}/agent-id
           state_dir: {tmp_path}/state
@@ -70,10 +73,21 @@ def write_config(tmp_path: Path, extra: str = "", token: str = "aami_bt_test",
           default_timeout: 5s
           max_concurrent: 4
           run_as: root  # the plugins live in pytest's private (0700) temporary directory
+          # What the shell-script plugins run, past the exec containment (Landlock).
+          allowed_executables: [/bin/sh, /usr/bin/sleep]
         results: {{batch_size: 5, flush_interval: 100ms}}
         logging: {{level: debug, format: text}}
     """) + textwrap.dedent(extra))
     return path
+
+
+def cache_assignment(tmp_path: Path, checks: list[Any], version: str = "v1") -> None:
+    """Leave a signed assignment in the agent's cache, as an earlier run would have."""
+    id_file = tmp_path / "agent-id"
+    if not id_file.exists():
+        id_file.write_text(f"{uuid.uuid4()}\n")
+    AssignmentCache(tmp_path / "state" / "assignment.json").save(
+        signed_assignment(id_file.read_text().strip(), checks, version=version))
 
 
 def check(check_id: str, script: str, interval: str = "1s", plugins: Path | None = None,
@@ -326,9 +340,7 @@ def test_invalid_checks_from_the_server_are_skipped_and_reported(
 def test_cached_assignment_runs_when_the_server_is_unreachable_at_start(
     harness: Harness, server: FakeServer, plugins: Path
 ) -> None:
-    state = harness.tmp_path / "state"
-    AssignmentCache(state / "assignment.json").save(Assignment(
-        etag='"v7"', config_version="v7", checks=[check("cached", "ok.sh", plugins=plugins)]))
+    cache_assignment(harness.tmp_path, [check("cached", "ok.sh", plugins=plugins)], "v7")
     server.down = True
 
     agent = harness.agent()
@@ -377,6 +389,19 @@ def test_registration_carries_identity_labels_and_version(
     assert {"uptime_s", "spool_depth", "dropped_results", "running_checks"} <= set(beat)
     credentials = json.loads((harness.tmp_path / "state" / "credentials.json").read_text())
     assert credentials["agent_id"] == agent.agent_id
+
+
+def test_heartbeats_carry_the_instance_id_kept_across_restarts(
+    harness: Harness, server: FakeServer
+) -> None:
+    agent = harness.agent()
+    wait_for(lambda: server.heartbeats, what="a heartbeat")
+    instance_id = server.heartbeats[0]["instance_id"]
+    assert isinstance(instance_id, str) and len(instance_id) == 32
+    assert (harness.tmp_path / "state" / "instance.id").is_file()
+    assert agent.instance_id == instance_id
+    # A restart builds the agent anew from the same state directory.
+    assert harness.agent(start=False).instance_id == instance_id
 
 
 def test_unregistered_agent_without_bootstrap_token_stops_at_start(
@@ -499,8 +524,7 @@ def test_aami_agent_run_exits_0_on_sigterm(tmp_path: Path, plugins: Path) -> Non
     # Nobody listens on the server address: the agent keeps retrying and still stops
     # cleanly, with its cached checks run meanwhile.
     config = write_config(tmp_path, address="127.0.0.1:9")
-    AssignmentCache(tmp_path / "state" / "assignment.json").save(Assignment(
-        etag='"v1"', config_version="v1", checks=[check("ok", "ok.sh", plugins=plugins)]))
+    cache_assignment(tmp_path, [check("ok", "ok.sh", plugins=plugins)])
     script = Path(sys.executable).with_name("aami-agent")
     proc = subprocess.Popen([str(script), "run", "-c", str(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -553,8 +577,7 @@ def test_check_once_falls_back_to_the_cached_assignment(
     tmp_path: Path, server: FakeServer, plugins: Path
 ) -> None:
     config = load_config(write_config(tmp_path))
-    AssignmentCache(tmp_path / "state" / "assignment.json").save(Assignment(
-        etag='"v1"', config_version="v1", checks=[check("ok", "ok.sh", plugins=plugins)]))
+    cache_assignment(tmp_path, [check("ok", "ok.sh", plugins=plugins)])
     server.down = True
 
     report = check_once(config, transport=server.transport())
@@ -575,10 +598,8 @@ def test_check_once_cli_exit_code_is_the_worst_status(
     tmp_path: Path, plugins: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = write_config(tmp_path, address="127.0.0.1:9")
-    AssignmentCache(tmp_path / "state" / "assignment.json").save(Assignment(
-        etag='"v1"', config_version="v1",
-        checks=[check("ok", "ok.sh", plugins=plugins), check("warn", "warn.sh",
-                                                            plugins=plugins)]))
+    cache_assignment(tmp_path, [check("ok", "ok.sh", plugins=plugins),
+                                check("warn", "warn.sh", plugins=plugins)])
 
     assert cli.main(["check", "--once", "-c", str(config)]) == 1
 

@@ -50,6 +50,14 @@ def test_render_running_and_not_running() -> None:
     assert "NOT RUNNING" in shown and "DISK OK" in shown and "CHECK" in shown
 
 
+def test_render_says_how_check_policies_are_verified() -> None:
+    board = StatusBoard(agent_id="a1", server="http://s", version="v")
+    assert "check policies: unknown" in render(board.snapshot(), running=True)
+    board.update(policy_trust="NOT VERIFIED: unsigned and unverified policies run")
+    assert ("check policies: NOT VERIFIED: unsigned and unverified policies run"
+            in render(board.snapshot(), running=True).splitlines())
+
+
 def test_read_status_of_a_missing_file_is_none(tmp_path: Path) -> None:
     assert read_status(tmp_path / "status.json") is None
 

@@ -68,6 +68,8 @@ def test_deployed_agent_registers_with_its_install_time_id_and_reports_results(
             aami_agent_heartbeat_timeout="30s",
             aami_agent_log_format="text",
             aami_agent_config_extra={"results": {"flush_interval": "500ms"}},
+            # Plain HTTP: the agent runs only what this key signed (site.yml passes it).
+            aami_agent_policy_keys=[server.cli("policy-key", "show")],
         ))
         assert run.returncode == 0, run.output_tail()
         assert (root / "etc/aami/agent-id").read_text().strip() == agent_id

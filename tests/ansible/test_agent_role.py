@@ -58,8 +58,10 @@ def test_configuration_holds_every_documented_key_inside_the_prefix(
     assert config["server"]["bootstrap_token_file"] == f"{root}/etc/aami/bootstrap-token"
     assert config["server"]["tls"] == {"enabled": False, "ca_cert": "", "client_cert": "",
                                        "client_key": "", "enroll": False}
-    # No policy keys given: the key is left out, not written empty.
+    # No policy keys given: the key is left out, not written empty; nor is the insecure
+    # option written, so the agent refuses what it cannot verify.
     assert "policy_keys" not in config["server"]
+    assert "insecure_accept_unsigned_policies" not in config["server"]
     assert config["agent"] == {
         "id_file": f"{root}/etc/aami/agent-id",
         "hostname": "",

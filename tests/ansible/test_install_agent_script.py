@@ -69,3 +69,57 @@ def test_a_file_that_is_not_a_uuid_is_reported_and_left_alone(tmp_path: Path) ->
     assert done.returncode == 1
     assert "does not hold a UUID" in done.stderr
     assert id_file.read_text() == "web-01\n"
+
+
+POLICY_KEY = "6G3g0mHc8pPOLJq5CmXbgqdrvSlD9J0vCMKxGrtOCkg="
+
+
+def agent_config(root: Path, server_section: str) -> Path:
+    config = root / "etc/aami/agent.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(f"# mine\nserver:\n{server_section}agent:\n    state_dir: /var/lib/aami\n")
+    config.chmod(0o640)
+    return config
+
+
+def test_a_policy_key_is_added_to_the_agents_configuration_once(tmp_path: Path) -> None:
+    import yaml
+
+    from agent.config import load_config
+
+    config = agent_config(tmp_path, "    address: http://aami:8080\n    bootstrap_token: t\n")
+    first = install(tmp_path, AAMI_POLICY_KEY=POLICY_KEY)
+    again = install(tmp_path, AAMI_POLICY_KEY=POLICY_KEY)
+    assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
+    assert first.stdout == again.stdout  # the id, as without a key
+    data = yaml.safe_load(config.read_text())
+    assert data["server"]["policy_keys"] == [POLICY_KEY]
+    assert config.read_text().count(POLICY_KEY) == 1
+    assert config.read_text().startswith("# mine\n")
+    assert oct(stat.S_IMODE(config.stat().st_mode)) == "0o640"
+    assert load_config(config, check_files=False).server.policy_keys == (POLICY_KEY,)
+
+
+@pytest.mark.parametrize(
+    ("server_section", "message"),
+    [(None, "there is no"),
+     ("  address: x\n  policy_keys: [c2hvcnQ=]\n", "already lists other server.policy_keys"),
+     ],
+    ids=["no-config", "other-keys"],
+)
+def test_a_policy_key_never_replaces_what_is_there(
+    tmp_path: Path, server_section: str | None, message: str
+) -> None:
+    config = None if server_section is None else agent_config(tmp_path, server_section)
+    before = None if config is None else config.read_text()
+    done = install(tmp_path, AAMI_POLICY_KEY=POLICY_KEY)
+    assert done.returncode == 1 and message in done.stderr, done.stderr
+    if config is not None:
+        assert config.read_text() == before
+
+
+def test_a_malformed_policy_key_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    done = install(tmp_path, AAMI_POLICY_KEY="not-a-key")
+    assert done.returncode == 1
+    assert "AAMI_POLICY_KEY=not-a-key is not a base64 Ed25519 public key" in done.stderr
+    assert not (tmp_path / "etc/aami/agent-id").exists()

@@ -264,7 +264,8 @@ def fault_system(
         config = write_agent_config(
             agent_dir, server_url=proxy.url, bootstrap_token=bootstrap,
             allowed_paths=[str(PLUGINS), str(plugin_dir)], log_level="info",
-            result_buffer_size=2000, extra=agent_extra,
+            result_buffer_size=2000, extra=agent_extra, allowed_executables=["/bin/sh"],
+            policy_keys=[server.policy_public_key],
         )
         if state_dir_ready is not None:
             state_dir_ready(agent_dir / "state")

@@ -25,6 +25,11 @@ from tests.integration.live_server import LiveServer, last_line
 from tests.integration.processes import LiveAgent, LiveWorker, wait_until, write_agent_config
 
 PLUGINS = Path("/usr/lib/nagios/plugins")
+#: What the tests' shell-script plugins (:meth:`AgentSystem.write_plugin`) run: their
+#: interpreter and the usual tools. Listed in ``checks.allowed_executables`` unless a test
+#: asks for other ``agent_options``, since the exec containment (Landlock) lets checks
+#: execute nothing else outside the allowed paths.
+SCRIPT_EXECUTABLES = ("/bin/sh", "/usr/bin")
 
 
 def plugin(name: str) -> str:
@@ -174,7 +179,9 @@ def running_system(
     worker = LiveWorker(server)
     config = write_agent_config(
         directory / "agent", server_url=server.url, bootstrap_token=bootstrap,
-        allowed_paths=[str(PLUGINS), str(plugin_dir)], **dict(agent_options or {}),
+        allowed_paths=[str(PLUGINS), str(plugin_dir)],
+        **{"allowed_executables": SCRIPT_EXECUTABLES,
+           "policy_keys": [server.policy_public_key], **dict(agent_options or {})},
     )
     agent = LiveAgent(config)
     try:

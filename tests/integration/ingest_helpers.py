@@ -159,6 +159,23 @@ def register_agents(
     return [register_agent(server, token, f"{prefix}-{n}") for n in range(count)]
 
 
+@contextlib.contextmanager
+def registered_fleet(
+    server: LiveServer, count: int, check_ids: Sequence[str] = ("load",)
+) -> Iterator[list[Agent]]:
+    """``count`` agents registered with a new bootstrap token, each assigned every check of
+    ``check_ids``; their HTTP sessions are closed on the way out."""
+    agents = register_agents(server, bootstrap_token(server), count)
+    admin = admin_headers(server)
+    for check_id in check_ids:
+        create_check(server, admin, check_id, [a.agent_id for a in agents])
+    try:
+        yield agents
+    finally:
+        for agent in agents:
+            agent.close()
+
+
 def make_result(
     check_id: str, status: str, executed_at: datetime, *, output: str | None = None
 ) -> dict[str, Any]:

@@ -155,6 +155,14 @@ class PinnedSession(requests.Session):
 # --------------------------------------------------------------------------- the server
 
 
+def _policy_key(path: Path) -> str:
+    """The public key of the policy key at ``path``, made first if there is none."""
+    from server.security.policy import create_policy_key, load_policy_key, public_key_text
+
+    key = load_policy_key(path) if path.exists() else create_policy_key(path)
+    return public_key_text(key)
+
+
 class LiveServer(LocalServer):
     """``aami-server serve`` on PostgreSQL and Redis, under gunicorn with ``workers`` processes.
 
@@ -175,7 +183,10 @@ class LiveServer(LocalServer):
         workers: int = 2,
         threads: int | None = None,
         extra_settings: Mapping[str, str] | None = None,
+        sign_policies: bool = True,
     ) -> None:
+        """``sign_policies``: give the server a policy key (``policy_public_key`` is its
+        public half, for agent configs); without one it sends policies unsigned."""
         super().__init__(data_dir)
         self.database_url = database_url
         self.redis_url = redis_url
@@ -191,6 +202,10 @@ class LiveServer(LocalServer):
             "TMPDIR": str(self.data_dir / "tmp"),
             **(extra_settings or {}),
         }
+        self.policy_public_key: str | None = None
+        if sign_policies:
+            self.policy_public_key = _policy_key(self.data_dir / "policy.key")
+            self.settings.setdefault("AAMI_POLICY_KEY_FILE", str(self.data_dir / "policy.key"))
         self.started_in: float | None = None
         self.exit_code: int | None = None
         self.leftovers: list[int] = []

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -165,19 +165,40 @@ def write_agent_config(
     max_concurrent: int = 10,
     result_buffer_size: int = 1000,
     log_level: str = "debug",
+    allowed_executables: Sequence[str] = (),
+    exec_containment: str = "auto",
+    policy_keys: Sequence[str | None] = (),
+    insecure_accept_unsigned_policies: bool = False,
+    tls_ca_cert: str | None = None,
+    tls_enroll: bool = False,
 ) -> Path:
     """An agent.yaml whose every path lives in ``directory``.
 
+    ``policy_keys``: the server's policy keys (LiveServer.policy_public_key); without them
+    the agent refuses every policy over plain HTTP, like an agent installed that way.
+
+    ``allowed_executables``: what checks may execute past the exec containment besides
+    ``allowed_paths`` (``checks.allowed_executables``); none, as by default.
+    ``exec_containment``: ``checks.exec_containment``.
+
+    ``tls_ca_cert``: for an https ``server_url``, the CA that signed the server's
+    certificate; ``tls_enroll``: get a client certificate at registration.
     ``extra`` is appended as more top-level YAML (sections not written here: ``spool``).
     """
+    tls = {"enabled": server_url.startswith("https://"), "ca_cert": tls_ca_cert or "",
+           "enroll": tls_enroll}
+    keys = [key for key in policy_keys if key]
+    trust = f"  policy_keys: {json.dumps(keys)}\n" if keys else ""
+    if insecure_accept_unsigned_policies:
+        trust += "  insecure_accept_unsigned_policies: true\n"
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "agent.yaml"
     config.write_text(
         f"""server:
   address: "{server_url}"
   bootstrap_token: "{bootstrap_token}"
-  tls: {{enabled: false}}
-agent:
+  tls: {json.dumps(tls)}
+{trust}agent:
   id_file: "{directory}/agent-id"
   hostname: "{directory.name}"
   labels: {json.dumps(dict(labels or {}))}
@@ -188,6 +209,8 @@ checks:
   max_concurrent: {max_concurrent}
   result_buffer_size: {result_buffer_size}
   allowed_paths: {json.dumps(allowed_paths)}
+  allowed_executables: {json.dumps(list(allowed_executables))}
+  exec_containment: {exec_containment}
 results: {{batch_size: 100, flush_interval: 500ms}}
 logging: {{level: {log_level}, format: json}}
 {extra}"""

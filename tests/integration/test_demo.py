@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+from server.security.policy import load_policy_key, public_key_text
 from tests.integration.live_server import AAMI_SERVER, aami_env, session_members
 from tests.support.services import child_pids
 
@@ -98,6 +100,12 @@ def test_demo_shows_the_host_and_its_checks_and_stops_on_ctrl_c(tmp_path: Path) 
             assert re.search(rf"^\s+{check}\s+{state}\s+\S", screen, re.MULTILINE), (
                 f"{check} is not {state}:\n{screen}")
         assert "something broke" in screen  # the plugin's own output is shown
+        # It ran because the agent verified the server's signatures, not because it was
+        # told to run whatever it gets.
+        agent_config = yaml.safe_load((data_dir / "agent" / "agent.yaml").read_text())
+        server_key = public_key_text(load_policy_key(data_dir / "policy.key"))
+        assert agent_config["server"]["policy_keys"] == [server_key]
+        assert "insecure_accept_unsigned_policies" not in agent_config["server"]
         # The server, its worker and the agent: the demo's processes, in their own sessions.
         assert len(sessions - {os.getsid(proc.pid)}) >= 2, sessions
         sessions.discard(os.getsid(proc.pid))

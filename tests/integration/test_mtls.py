@@ -11,6 +11,7 @@ naming the agent of the path); one test runs ``--client-certs required`` instead
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import time
 import uuid
@@ -28,6 +29,7 @@ from cryptography.x509.oid import NameOID
 
 from server.security.ca import init_ca, new_agent_key_pair, write_key_pair
 from tests.integration.live_server import AAMI_SERVER, LiveServer, aami_env, last_line
+from tests.integration.processes import LiveAgent, write_agent_config
 from tests.support import services
 from tests.support.services import LOOPBACK
 
@@ -356,3 +358,78 @@ def test_required_client_certs_refuse_the_handshake_without_one(required_server,
         timeout=10,
     )
     assert reply.status_code == 200
+
+
+# --------------------------------------------------------------------------- signed policies
+
+
+DUMMY = "/usr/lib/nagios/plugins/check_dummy"
+
+
+def _tls_agent(server: TlsLiveServer, token: str, directory: Path, **options: Any) -> LiveAgent:
+    """A real ``aami-agent`` with the default policy settings (no keys, not insecure),
+    trusting the server's CA."""
+    config = write_agent_config(
+        directory, server_url=server.url, bootstrap_token=token,
+        allowed_paths=[str(Path(DUMMY).parent)], tls_ca_cert=server.ca_cert, **options,
+    )
+    return LiveAgent(config)
+
+
+def _assign_dummy(server: TlsLiveServer, admin: dict[str, str], agent: LiveAgent) -> None:
+    agent_id = agent.agent_id()
+    created = requests.post(
+        server.api("checks"),
+        json={"id": f"dummy-{agent_id[:8]}", "command": [DUMMY, "0", "signed and sealed"],
+              "interval": "2s", "timeout": "2s", "assign": {"target_ids": [agent_id]}},
+        headers=admin, verify=server.ca_cert, timeout=30,
+    )
+    assert created.status_code == 201, created.text
+
+
+def test_a_default_agent_pins_the_key_over_verified_tls_and_runs_the_signed_policy(
+    live_server, bootstrap_token, admin, tmp_path
+):
+    agent = _tls_agent(live_server, bootstrap_token, tmp_path / "agent", tls_enroll=True)
+    try:
+        agent.start()
+        agent.wait_for_status(lambda s: s.get("last_heartbeat_at"), 30, "a first heartbeat")
+        _assign_dummy(live_server, admin, agent)
+        status = agent.wait_for_status(
+            lambda s: any(c.get("status") == "ok" for c in s.get("checks", {}).values()),
+            30, "the signed policy's check to run")
+    finally:
+        agent.close()
+    assert status["policy_error"] is None
+    pin = tmp_path / "agent" / "state" / "policy-keys.json"
+    assert json.loads(pin.read_text())["keys"] == [live_server.policy_public_key]
+    assert pin.stat().st_mode & 0o777 == 0o600
+    assert "pinned at registration" in status["policy_trust"]
+
+
+@pytest.fixture
+def unsigning_server(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[TlsLiveServer]:
+    """A TLS server with no policy key: it sends every policy unsigned."""
+    with _running(tmp_path / "unsigning-server", pg_url, redis_url,
+                  sign_policies=False) as server:
+        yield server
+
+
+def test_a_default_agent_refuses_the_policy_of_a_server_that_does_not_sign(
+    unsigning_server, tmp_path
+):
+    token = last_line(unsigning_server.cli("token", "create", "--name", "fleet"))
+    admin = {"Authorization": "Bearer "
+             + last_line(unsigning_server.cli("admin-token", "create", "--name", "ops"))}
+    agent = _tls_agent(unsigning_server, token, tmp_path / "agent")
+    try:
+        agent.start()
+        agent.wait_for_status(lambda s: s.get("last_heartbeat_at"), 30, "a first heartbeat")
+        _assign_dummy(unsigning_server, admin, agent)
+        status = agent.wait_for_status(
+            lambda s: "announced no policy key" in (s.get("policy_error") or ""),
+            30, "the unsigned policy refused")
+    finally:
+        agent.close()
+    assert status["checks"] == {}  # nothing of the unsigned policy ran
+    assert not (tmp_path / "agent" / "state" / "policy-keys.json").exists()

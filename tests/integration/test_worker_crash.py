@@ -26,14 +26,11 @@ from tests.integration.ingest_helpers import (
     Agent,
     ResultsTable,
     accepted,
-    admin_headers,
     assert_each_exactly_once,
     batches,
-    bootstrap_token,
-    create_check,
     ingest_backlog,
     make_result,
-    register_agents,
+    registered_fleet,
     wait_for_ingest_to_settle,
     wait_until,
 )
@@ -51,11 +48,8 @@ STORED_BEFORE_KILL = 1_000
 
 @pytest.fixture
 def fleet(live_server: LiveServer) -> Iterator[list[Agent]]:
-    agents = register_agents(live_server, bootstrap_token(live_server), AGENTS)
-    create_check(live_server, admin_headers(live_server), "load", [a.agent_id for a in agents])
-    yield agents
-    for agent in agents:
-        agent.close()
+    with registered_fleet(live_server, AGENTS) as agents:
+        yield agents
 
 
 @pytest.fixture

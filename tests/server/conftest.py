@@ -91,6 +91,25 @@ def register(client: FlaskClient, make_bootstrap_token: Callable[..., str]) -> C
 
 
 @pytest.fixture
+def agent(
+    client: FlaskClient, register: Callable[..., Any], admin_headers: dict[str, str]
+) -> dict[str, Any]:
+    """A registered agent with the check ``load`` assigned to it, ready to post results."""
+    # Imported here, not at the top: results_helpers imports ``bearer`` from this module.
+    from tests.server.results_helpers import create_check
+
+    agent: dict[str, Any] = register()
+    create_check(client, admin_headers, "load", agent["agent_id"])
+    return agent
+
+
+@pytest.fixture
+def redis_client(app: Flask) -> Any:
+    """The embedded app's own (in-process) Redis."""
+    return app.extensions["aami.redis"]
+
+
+@pytest.fixture
 def make_group(client: FlaskClient, admin_headers: dict[str, str]) -> Callable[..., Any]:
     """Create a group through the API; returns the JSON reply (asserting a 201)."""
 

@@ -6,11 +6,17 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
+from server.db import get_database
+from server.models import CheckResult
 from tests.server.conftest import bearer
 
-BASE_TIME = datetime(2025, 1, 1, 10, 0, tzinfo=UTC)
+# Recent, inside the window the server accepts (the retention period behind its clock), and
+# a whole hour so that offsets from it read plainly in failures.
+BASE_TIME = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=1)
 EXIT_CODES = {"ok": 0, "warning": 1, "critical": 2, "unknown": 3}
 
 
@@ -54,3 +60,9 @@ def create_check(
         headers=admin_headers,
     )
     assert reply.status_code == 201, reply.get_json()
+
+
+def stored_result_ids(app: Flask) -> set[str]:
+    """The ids of every result in the database."""
+    with get_database(app).session() as session:
+        return set(session.scalars(select(CheckResult.result_id)))

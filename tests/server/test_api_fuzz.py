@@ -14,6 +14,7 @@ import importlib
 import json
 import os
 import pkgutil
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,12 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
+from schemathesis.checks import CHECKS, load_all_checks
 
 import server.api
 from server import create_app
@@ -41,6 +37,22 @@ from server.services import tokens
 # longer, random exploration.
 MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 DERANDOMIZE = "FUZZ_EXAMPLES" not in os.environ
+# Every check schemathesis has, as `st run --checks all` runs them.
+load_all_checks()
+ALL_CHECKS = CHECKS.get_all()
+# Rules no JSON Schema can state, because they depend on stored data or compare two
+# fields: a 422 for one of these alone is no "valid request rejected". Named exactly, so
+# that any other 422 on a request the document calls valid still fails.
+UNSTATABLE_RULES = {
+    ("group_id", "unknown group"),
+    ("timeout", "timeout must not exceed interval"),
+}
+# A PATCH is checked against what is stored: its interval, its shell flag, its command.
+UNSTATABLE_ON_PATCH = {
+    ("timeout", "exceeds interval"),
+    ("command", "must hold exactly one shell command line"),
+    ("command", "command[0] must be an absolute path"),
+}
 CHECK = {"id": "disk", "command": ["/usr/lib/nagios/plugins/check_disk"], "interval": "60s"}
 
 
@@ -83,7 +95,8 @@ class World:
         """Every other case: point it at things that exist and give it valid secrets, so
         that generation reaches past lookups and credential checks. Returns credentials."""
         self.calls += 1
-        aimed = self.calls % 2 == 0
+        # Never a negative case: a real token or path put over its invalid part makes it valid.
+        aimed = self.calls % 2 == 0 and case.meta.generation.mode.is_positive
         params = case.path_parameters or {}
         body = case.body if isinstance(case.body, dict) else {}
         if aimed:
@@ -97,6 +110,8 @@ class World:
                     params["check_id"] = "disk"
             if "token" in body:
                 body["token"] = self.bootstrap
+            if isinstance(body.get("group_id"), str):
+                body["group_id"] = "web"
             if "refresh_token" in body and "agent_id" in params:
                 body["refresh_token"] = self.refresh_token
             if isinstance(body.get("csr"), str):
@@ -142,8 +157,23 @@ def fuzz_app(tmp_path, migrated_database):
 
 
 @pytest.fixture
-def world(fuzz_app) -> World:
-    return World(fuzz_app)
+def world(fuzz_app) -> Iterator[World]:
+    CURRENT_APP.app = fuzz_app
+    try:
+        yield World(fuzz_app)
+    finally:
+        CURRENT_APP.app = None
+
+
+class CurrentApp:
+    """The app of the running test, behind the one WSGI app a module-level schema holds:
+    generated requests go to it, and so do those that checks send on their own (the same
+    call without credentials, a deleted resource fetched again)."""
+
+    app: Any = None
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        return self.app(environ, start_response)
 
 
 def _document() -> dict[str, Any]:
@@ -153,8 +183,11 @@ def _document() -> dict[str, Any]:
     return build_spec()
 
 
+CURRENT_APP = CurrentApp()
 DOCUMENT = _document()
 schema = schemathesis.openapi.from_dict(DOCUMENT)
+schema.app = CURRENT_APP
+schema.config.update(base_url="http://localhost")
 
 
 def test_fuzzed_document_is_the_served_one(fuzz_app):
@@ -171,15 +204,18 @@ def test_fuzzed_document_is_the_served_one(fuzz_app):
 )
 def test_api_answers_every_generated_request_within_its_contract(case, world):
     headers = world.aim(case)
-    response = case.call(app=world.app, headers=headers)
+    response = case.call(headers=headers)
     world.saw(case, response)
-    case.validate_response(
-        response,
-        checks=[
-            not_a_server_error,
-            response_schema_conformance,
-            status_code_conformance,
-            content_type_conformance,
-        ],
-        headers=headers,
-    )
+    checks = ALL_CHECKS
+    if _refused_by_unstatable_rule(case, response):
+        checks = [check for check in ALL_CHECKS if check.__name__ != "positive_data_acceptance"]
+    case.validate_response(response, checks=checks, headers=headers)
+
+
+def _refused_by_unstatable_rule(case: Any, response: Any) -> bool:
+    if response.status_code != 422:
+        return False
+    fields = response.json()["error"].get("fields") or {}
+    named = {(name, message) for name, messages in fields.items() for message in messages}
+    unstatable = UNSTATABLE_RULES | (UNSTATABLE_ON_PATCH if case.method == "PATCH" else set())
+    return bool(named) and named <= unstatable

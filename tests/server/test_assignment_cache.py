@@ -15,6 +15,7 @@ from server import create_app
 from server.db import get_database
 from server.services import tokens
 from server.services.assignments import assignment_for, cache_for, target_and_serial
+from server.services.policy import current_serial
 from tests.server.conftest import bearer, new_agent_id
 
 DUMMY = ["/usr/lib/nagios/plugins/check_dummy", "0"]
@@ -42,6 +43,11 @@ def _etag(client, agent):
                        headers=bearer(agent["access_token"]))
     assert reply.status_code == 200, reply.get_json()
     return reply.headers["ETag"].strip('"'), [c["id"] for c in reply.get_json()["checks"]]
+
+
+def _serial(app):
+    with get_database(app).sessions() as session:
+        return current_serial(session)
 
 
 def _loads(app):
@@ -81,6 +87,24 @@ def test_a_label_change_reaches_the_next_heartbeat(app, client, admin_headers, r
     after = _beat(client, agent)
     assert after != before
     assert _etag(client, agent) == (after, ["db-only"])
+
+
+def test_the_agents_own_labels_changing_at_registration_reach_the_next_heartbeat(
+    app, client, register, make_check
+):
+    key = "k" * 32
+    agent = register(agent_id=new_agent_id(), labels={"role": "web"}, registration_key=key)
+    make_check("db-only", assign={"labels": {"role": "db"}})
+    make_check("db-secret", assign={"labels": {"role": "db"}}, env={"PGPASSWORD": "x"})
+    before = _beat(client, agent)
+    serial_before = _serial(app)
+    again = register(agent_id=agent["agent_id"], labels={"role": "db"}, registration_key=key)
+    # A new serial: signed policies carry it, and agents refuse one that does not grow.
+    assert _serial(app) > serial_before
+    after = _beat(client, again)
+    assert after != before
+    # The agent's own label brings the plain check, never the one carrying a secret.
+    assert _etag(client, again) == (after, ["db-only"])
 
 
 def test_result_batches_are_checked_against_the_current_assignment(app, client, admin_headers,

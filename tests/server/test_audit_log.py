@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 import re
 from collections.abc import Callable
@@ -17,6 +18,7 @@ import server.api
 from server.api.routing import REGISTRY
 from server.cli import main
 from server.db import get_database
+from server.jobs import dead_letters
 from server.models import AdminToken, AuditLog
 from server.services import audit as audit_service
 from tests.server.conftest import assert_error, bearer, new_agent_id
@@ -85,6 +87,12 @@ def _delete_target(f: Fleet) -> tuple[Any, str, str]:
     return f.client.delete(f"/api/v1/targets/{target}", headers=f.headers), "target.delete", target
 
 
+def _reset_target(f: Fleet) -> tuple[Any, str, str]:
+    target = f.target()
+    reply = f.client.post(f"/api/v1/targets/{target}/reset", headers=f.headers)
+    return reply, "agent.reset", target
+
+
 def _delete_group(f: Fleet) -> tuple[Any, str, str]:
     f.post("/groups", {"id": "web"})
     return f.client.delete("/api/v1/groups/web", headers=f.headers), "group.delete", "web"
@@ -103,6 +111,27 @@ def _force_check(f: Fleet) -> tuple[Any, str, str]:
     return reply, "check.force_run", target
 
 
+def _dead_letter(f: Fleet) -> str:
+    """A result batch set aside by ingestion (as a batch the database refused would be)."""
+    app = f.client.application
+    item = json.dumps({"agent_id": new_agent_id(), "results": []}).encode()
+    refused = dead_letters.Refused(item, "DataError: refused")
+    dead_letters.set_aside(get_database(app), app.extensions["aami.redis"], [refused])
+    return dead_letters.letter_id(item)
+
+
+def _replay_dead_letter(f: Fleet) -> tuple[Any, str, str]:
+    letter = _dead_letter(f)
+    reply = f.client.post(f"/api/v1/ingest/dead-letters/{letter}/replay", headers=f.headers)
+    return reply, "dead_letter.replay", letter
+
+
+def _drop_dead_letter(f: Fleet) -> tuple[Any, str, str]:
+    letter = _dead_letter(f)
+    reply = f.client.delete(f"/api/v1/ingest/dead-letters/{letter}", headers=f.headers)
+    return reply, "dead_letter.drop", letter
+
+
 def _create(path: str, body: dict[str, Any], action: str, subject_key: str = "id") -> Write:
     def write(f: Fleet) -> tuple[Any, str, str]:
         reply = f.client.post(f"/api/v1{path}", json=body, headers=f.headers)
@@ -118,6 +147,7 @@ WRITES: dict[tuple[str, str], Write] = {
     ("post", "/api/v1/targets"): _create("/targets", {"hostname": "db-1"}, "target.create"),
     ("patch", "/api/v1/targets/<target_id>"): _patch_target,
     ("delete", "/api/v1/targets/<target_id>"): _delete_target,
+    ("post", "/api/v1/targets/<target_id>/reset"): _reset_target,
     ("post", "/api/v1/groups"): _create("/groups", {"id": "db"}, "group.create"),
     ("delete", "/api/v1/groups/<group_id>"): _delete_group,
     ("post", "/api/v1/bootstrap-tokens"): _create(
@@ -125,6 +155,8 @@ WRITES: dict[tuple[str, str], Write] = {
     ),
     ("delete", "/api/v1/bootstrap-tokens/<token_id>"): _revoke_token,
     ("post", "/api/v1/targets/<target_id>/checks/<check_id>/run"): _force_check,
+    ("post", "/api/v1/ingest/dead-letters/<letter_id>/replay"): _replay_dead_letter,
+    ("delete", "/api/v1/ingest/dead-letters/<letter_id>"): _drop_dead_letter,
 }
 
 

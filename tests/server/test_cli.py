@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import click
@@ -109,6 +110,34 @@ def test_token_revoke_by_prefix_stops_registration(cli, served):
         "/api/v1/bootstrap-tokens/register", json={"token": secret, "hostname": "h"}
     )
     assert_error(reply, 401, "invalid_bootstrap_token", mentions="revoked")
+
+
+def test_agent_reset_lets_a_rebuilt_host_claim_its_id_and_is_audited(cli, served):
+    agent_id = str(uuid.uuid4())
+    register = "/api/v1/bootstrap-tokens/register"
+
+    def claim(key: str):
+        secret = _last_line(cli("token", "create", "--name", "t"))
+        return served.post(register, json={"token": secret, "hostname": "h",
+                                           "agent_id": agent_id, "registration_key": key})
+
+    old = claim("old-key-" + "o" * 24)
+    assert old.status_code == 201, old.get_json()
+    assert_error(claim("new-key-" + "n" * 24), 409, "agent_id_in_use")
+    reset = cli("agent", "reset", agent_id)
+    assert f"reset agent {agent_id}" in reset.stdout
+    assert claim("new-key-" + "n" * 24).status_code == 200
+    refresh = served.post(f"/api/v1/agents/{agent_id}/token",
+                          json={"refresh_token": old.get_json()["refresh_token"]})
+    assert_error(refresh, 401, "invalid_refresh_token")
+    admin = bearer(_last_line(cli("admin-token", "create", "--name", "ops")))
+    actions = [e["action"] for e in served.get("/api/v1/audit", headers=admin).get_json()]
+    assert "agent.reset" in actions
+
+
+def test_agent_reset_of_an_unknown_id_fails_cleanly(cli):
+    result = cli("agent", "reset", str(uuid.uuid4()), code=1)
+    assert "no target with id" in result.stderr
 
 
 def test_token_revoke_of_an_unknown_token_fails_cleanly(cli):

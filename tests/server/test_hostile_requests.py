@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import importlib
+import io
 import json
 import pkgutil
 import re
@@ -142,6 +143,25 @@ def _result(**changes: Any) -> dict[str, Any]:
     return result
 
 
+def _raw(w: World, path: str, body: str, headers: dict[str, str] | None = None) -> Any:
+    """POST ``body`` as it is written: JSON escapes such as ``\\ud800`` reach the server."""
+    return w.client.post(path, data=body, content_type="application/json", headers=headers)
+
+
+def _chunked(w: World, size: int) -> Any:
+    """POST a JSON body of ``size`` bytes as a stream without Content-Length (chunked), the
+    way gunicorn hands one over: it terminates the stream (``wsgi.input_terminated``)."""
+    body = b'{"token": "x", "hostname": "' + b"h" * (size - 30) + b'"}'
+    body += b" " * (size - len(body))
+    return w.client.post(
+        REGISTER,
+        input_stream=io.BytesIO(body),
+        content_type="application/json",
+        headers={"Transfer-Encoding": "chunked"},  # werkzeug then ignores Content-Length
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
 def _exhausted(w: World) -> Any:
     token = w.make_bootstrap_token(max_uses=1)
     assert w.register_with(token).status_code == 201
@@ -252,6 +272,131 @@ CASES = [
         413,
         "payload_too_large",
         "larger than",
+    ),
+    Hostile(
+        "chunked-body-over-max-content-length",
+        lambda w: _chunked(w, 1024 * 1024 + 1),
+        413,
+        "payload_too_large",
+        "larger than 1048576 bytes",
+    ),
+    # --- text no database stores (lone surrogates, NUL): 422 naming the field --------------------
+    Hostile(
+        "lone-surrogate-in-bootstrap-token",
+        lambda w: _raw(w, REGISTER, '{"token": "\\ud800", "hostname": "h"}'),
+        422,
+        "invalid_fields",
+        "token",
+    ),
+    Hostile(
+        "lone-low-surrogate-in-refresh-token",
+        lambda w: _raw(
+            w, f"/api/v1/agents/{w.a['agent_id']}/token", '{"refresh_token": "x\\udc00"}'
+        ),
+        422,
+        "invalid_fields",
+        "refresh_token",
+    ),
+    Hostile(
+        # A literal backslash and "ud800" before a lone low surrogate: no pair for all that.
+        "lone-surrogate-after-escaped-backslash",
+        lambda w: _raw(w, REGISTER, '{"token": "x", "hostname": "\\\\ud800\\udc00"}'),
+        422,
+        "invalid_fields",
+        "hostname",
+    ),
+    Hostile(
+        "lone-surrogate-in-label-key",
+        lambda w: _raw(w, REGISTER, '{"token": "x", "hostname": "h", "labels": {"\\udbff": "v"}}'),
+        422,
+        "invalid_fields",
+        "labels",
+    ),
+    Hostile(
+        "lone-surrogate-in-admin-target",
+        lambda w: _raw(w, "/api/v1/targets", '{"hostname": "\\ud800"}', w.admin),
+        422,
+        "invalid_fields",
+        "hostname",
+    ),
+    Hostile(
+        "lone-surrogate-in-admin-check",
+        lambda w: _raw(
+            w, "/api/v1/checks", '{"id": "c", "command": ["/bin/true", "\\ud800"]}', w.admin
+        ),
+        422,
+        "invalid_fields",
+        "command.1",
+    ),
+    Hostile(
+        "lone-surrogate-in-admin-token",
+        lambda w: _raw(w, "/api/v1/bootstrap-tokens", '{"name": "\\uDFFF"}', w.admin),
+        422,
+        "invalid_fields",
+        "name",
+    ),
+    Hostile(
+        "lone-surrogate-in-result-output",
+        lambda w: _raw(
+            w,
+            f"/api/v1/agents/{w.a['agent_id']}/check-results",
+            json.dumps({"results": [_result(), _result(output="\ud800")]}),
+            w.agent(),
+        ),
+        422,
+        "invalid_fields",
+        "results.1.output",
+    ),
+    Hostile(
+        "nul-in-perfdata-label",
+        lambda w: w.results([_result(perfdata=[{"label": "a\x00b", "value": 1}])]),
+        422,
+        "invalid_fields",
+        "results.0.perfdata.0.label",
+    ),
+    Hostile(
+        "nul-in-query-parameter",
+        lambda w: w.client.get("/api/v1/targets?hostname=a%00", headers=w.admin),
+        422,
+        "invalid_fields",
+        "hostname",
+    ),
+    Hostile(
+        "nul-in-query-parameter-name",
+        lambda w: w.client.get("/api/v1/targets?host%00name=a", headers=w.admin),
+        422,
+        "invalid_fields",
+        "host\\x00name",
+    ),
+    Hostile(
+        "nul-in-path",
+        lambda w: w.client.get("/api/v1/targets/a%00b", headers=w.admin),
+        404,
+        "not_found",
+        "NUL",
+    ),
+    Hostile(
+        "audit-since-past-the-last-utc-date",
+        lambda w: w.client.get("/api/v1/audit?since=9999-12-31T23:59:59-14:00", headers=w.admin),
+        422,
+        "invalid_fields",
+        "since",
+    ),
+    Hostile(
+        "audit-until-before-the-first-utc-date",
+        lambda w: w.client.get(
+            "/api/v1/audit", query_string={"until": "0001-01-01T00:00:00+14:00"}, headers=w.admin
+        ),
+        422,
+        "invalid_fields",
+        "until",
+    ),
+    Hostile(
+        "events-since-past-the-last-utc-date",
+        lambda w: w.client.get("/api/v1/events?since=9999-12-31T23:59:59-14:00", headers=w.admin),
+        422,
+        "invalid_fields",
+        "since",
     ),
     # --- invalid fields: 422 naming the field -----------------------------------------------------
     Hostile(
@@ -785,3 +930,12 @@ def test_hostile_request_gets_its_documented_error(world, case):
         assert set(reply.headers["Allow"].split(", ")) >= {"GET", "POST"}
     if case.code == "invalid_fields":
         assert reply.get_json()["error"]["fields"], "a 422 lists the offending fields"
+
+
+def test_surrogate_pairs_and_escaped_text_are_stored_text(world):
+    """Only lone surrogates and NUL are refused: an emoji sent as an escaped pair, or the
+    text of an escape, is text like any other (the token check answers, not the field check)."""
+    for hostname in ('"\\ud83d\\ude00 host"', '"\\\\u0000 \\\\ud800"'):
+        body = '{"token": "aami_bt_unknown", "hostname": ' + hostname + "}"
+        reply = _raw(world, REGISTER, body)
+        assert_error(reply, 401, "invalid_bootstrap_token")

@@ -24,7 +24,7 @@ def result_row(n: int, status: str) -> dict[str, object]:
 
 
 def fold_all(statuses: list[str]) -> list[bool]:
-    fold = StateFold.of(None)
+    fold = StateFold.of(None, START)
     flags = []
     for n, status in enumerate(statuses):
         fold.apply("t", "c", result_row(n, status))
@@ -70,7 +70,7 @@ def test_a_history_that_fills_up_with_a_repeat_can_start_flapping():
 
 
 def test_each_result_raises_the_event_of_its_transition():
-    fold = StateFold.of(None)
+    fold = StateFold.of(None, START)
     statuses = ["ok", "ok", "critical"]
     raised = [fold.apply("t", "c", result_row(n, s)) for n, s in enumerate(statuses)]
     assert raised[1] is None
@@ -87,7 +87,7 @@ def test_each_result_raises_the_event_of_its_transition():
 
 
 def test_a_flip_that_starts_a_flap_raises_the_flapping_event_instead():
-    fold = StateFold.of(None)
+    fold = StateFold.of(None, START)
     statuses = ["ok", "critical"] * 15
     raised = [fold.apply("t", "c", result_row(n, s)) for n, s in enumerate(statuses)]
     flapping = [e for e in raised if e is not None and e.kind == "flapping"]
@@ -97,7 +97,7 @@ def test_a_flip_that_starts_a_flap_raises_the_flapping_event_instead():
 
 
 def test_a_result_no_newer_than_the_state_is_not_news():
-    fold = StateFold.of(None)
+    fold = StateFold.of(None, START)
     fold.apply("t", "c", result_row(10, "ok"))
     assert not fold.is_news(result_row(10, "critical"))
     assert not fold.is_news(result_row(5, "critical"))

@@ -46,3 +46,21 @@ def test_request_latency_is_observed_per_endpoint(client):
         (("endpoint", "/healthz"), ("method", "GET"), ("status", "200")),
     )
     assert found[key] >= 1
+
+
+def test_request_labels_come_from_bounded_sets(client):
+    """A made-up method counts as ``other`` and a path no route matches as ``unmatched``:
+    a client cannot mint a time series per request."""
+    for method in ("FOO", "BAR", "get"):
+        client.open("/healthz", method=method)
+    for path in ("/no-such-1", "/no-such-2/x"):
+        client.get(path)
+    found = samples(client)
+    count = "aami_http_request_duration_seconds_count"
+    series = {labels for name, labels in found if name == count}
+    methods = {dict(labels)["method"] for labels in series}
+    endpoints = {dict(labels)["endpoint"] for labels in series}
+    assert "other" in methods
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
+    assert "unmatched" in endpoints
+    assert not {"/no-such-1", "/no-such-2/x"} & endpoints

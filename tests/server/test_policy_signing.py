@@ -63,3 +63,34 @@ def test_serial_grows_with_policy_changes_only(client, register, admin_headers):
         headers=admin_headers,
     )
     assert fetch(client, agent)["serial"] > after_check
+
+
+def test_registration_announces_the_key_that_verifies_the_policies(
+    app, client, register, admin_headers
+):
+    from agent.policy import PolicyVerifier
+    from agent.transport.base import Assignment, PolicySignature
+
+    agent = register()
+    assert agent["policy_keys"] == [public_key_text(app.extensions["aami.policy_key"])]
+    create_check(client, admin_headers, "load", agent["agent_id"])
+    policy = fetch(client, agent)
+    # What an agent that pinned the announced key does with the reply.
+    PolicyVerifier(agent["policy_keys"]).verify(
+        Assignment(
+            etag=None,
+            config_version=policy["config_version"],
+            checks=policy["checks"],
+            target_id=policy["target_id"],
+            serial=policy["serial"],
+            issued_at=policy["issued_at"],
+            signature=PolicySignature(**policy["signature"]),
+        ),
+        target_id=agent["agent_id"],
+        last_serial=None,
+    )
+
+
+def test_a_server_that_signs_nothing_announces_no_key(app, register):
+    app.extensions["aami.policy_key"] = None
+    assert register()["policy_keys"] == []

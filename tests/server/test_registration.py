@@ -289,24 +289,6 @@ def test_register_with_another_agents_refresh_token_as_proof_is_refused(
     assert_error(reply, 409, "agent_id_in_use")
 
 
-def test_register_after_the_token_family_was_revoked_needs_no_proof(
-    client, register, make_bootstrap_token
-):
-    owner = register(agent_id=new_agent_id())
-    second = _refresh(client, owner["agent_id"], owner["refresh_token"])
-    assert second.status_code == 200
-    third = _refresh(client, owner["agent_id"], second.get_json()["refresh_token"])
-    assert third.status_code == 200
-    reused = _refresh(client, owner["agent_id"], owner["refresh_token"])
-    assert_error(reused, 401, "refresh_token_reused")
-    # The documented way back: register again with a bootstrap token.
-    reply = client.post(
-        REGISTER,
-        json={"token": make_bootstrap_token(), "agent_id": owner["agent_id"], "hostname": "h"},
-    )
-    assert reply.status_code == 200, reply.get_json()
-
-
 # --- what the bootstrap token brings --------------------------------------------------------------
 
 

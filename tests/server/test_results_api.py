@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import func, select
 
 from server.db import get_database
 from server.models import CheckResult, CheckState, Event
-from tests.server.results_helpers import create_check, make_result, post_results
-
-
-@pytest.fixture
-def agent(client, register, admin_headers):
-    agent = register()
-    create_check(client, admin_headers, "load", agent["agent_id"])
-    return agent
+from tests.server.results_helpers import make_result, post_results
 
 
 def count(app, model, *where):

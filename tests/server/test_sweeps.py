@@ -102,14 +102,16 @@ def test_fresh_check_is_left_alone(app, client, admin_headers, online_agent):
 
 def test_pruning_removes_only_old_results_and_events(app, client, admin_headers, online_agent):
     create_check(client, admin_headers, "load", online_agent["agent_id"])
-    old = (utcnow() - timedelta(days=40)).isoformat()
-    new = utcnow().isoformat()
-    post_results(
-        client,
-        online_agent,
-        [make_result("load", executed_at=old), make_result("load", executed_at=new)],
-    )
+    old = make_result("load", executed_at=(utcnow() - timedelta(hours=1)).isoformat())
+    new = make_result("load", executed_at=utcnow().isoformat())
+    post_results(client, online_agent, [old, new])
+    # Aged in place: the API refuses results older than the retention period.
     with get_database(app).session() as session:
+        session.execute(
+            update(CheckResult)
+            .where(CheckResult.result_id == old["result_id"])
+            .values(executed_at=utcnow() - timedelta(days=40))
+        )
         session.execute(update(Event).values(created_at=utcnow() - timedelta(days=40)))
     removed = prune(30)
     assert removed["results"] == 1

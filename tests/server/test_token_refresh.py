@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import jwt
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from server.db import get_database
-from server.models import AgentCredential, utcnow
+from server.models import AgentCredential, AuditLog, utcnow
 from tests.server.conftest import assert_error, bearer, new_agent_id
 
 
@@ -132,3 +132,23 @@ def test_old_spent_token_outside_the_grace_is_reuse(app, client, register):
         )
     reused = _refresh(client, agent["agent_id"], agent["refresh_token"])
     assert_error(reused, 401, "refresh_token_reused", mentions="re-register")
+
+
+def test_refresh_grace_leaves_an_audit_entry_naming_agent_and_family(app, client, register):
+    agent = register(agent_id=new_agent_id())
+    _refresh(client, agent["agent_id"], agent["refresh_token"])
+    with get_database(app).session() as session:
+        assert not session.scalars(
+            select(AuditLog).where(AuditLog.action == "agent_token.refresh_grace_used")
+        ).all()  # a plain refresh is no grace
+        family = session.scalars(select(AgentCredential.family_id)).first()
+    assert _refresh(client, agent["agent_id"], agent["refresh_token"]).status_code == 200
+    with get_database(app).session() as session:
+        (entry,) = session.scalars(
+            select(AuditLog).where(AuditLog.action == "agent_token.refresh_grace_used")
+        ).all()
+    assert entry.actor == f"agent:{agent['agent_id']}"
+    assert entry.subject == agent["agent_id"]
+    assert entry.details["family_id"] == family
+    assert 0 <= entry.details["first_used_s_ago"] <= 10
+    assert agent["refresh_token"] not in str(entry.details)

@@ -87,6 +87,11 @@ class EmbeddedServer(LocalServer):
     def cli(self, *args: str) -> str:
         return run_cli(*args, settings=self.settings, cwd=self.data_dir).stdout
 
+    @property
+    def policy_public_key(self) -> str:
+        """The key the server signs policies with (it made one at its first start)."""
+        return last_line(self.cli("policy-key", "show"))
+
     def admin_token(self, name: str, role: str = "admin") -> str:
         """A new admin token from the CLI, as an operator makes one."""
         return last_line(self.cli("admin-token", "create", "--name", name, "--role", role))

@@ -172,3 +172,19 @@ def test_api_requests_get_no_session_cookie(client: FlaskClient, admin_token: st
     reply = client.get("/api/v1/targets", headers={"Authorization": f"Bearer {admin_token}"})
     assert reply.status_code == 200
     assert "Set-Cookie" not in reply.headers
+
+
+def test_cookie_copied_before_logout_is_refused_after_it(
+    app: Flask, client: FlaskClient, logged_in: str
+) -> None:
+    cookie = client.get_cookie(COOKIE_NAME)
+    assert cookie is not None
+    thief = app.test_client()
+    thief.set_cookie(COOKIE_NAME, cookie.value)
+    assert thief.get("/ui/").status_code == 200  # the copy works while the session lives
+
+    client.post("/ui/logout", data={"csrf_token": logged_in})
+
+    reply = thief.get("/ui/")
+    assert reply.status_code == 302
+    assert "/ui/login" in reply.headers["Location"]

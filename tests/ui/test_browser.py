@@ -235,7 +235,8 @@ def test_run_now_reaches_a_real_agent_and_its_result_shows_live(
     )
     config = write_agent_config(
         agent_dir, server_url=live_server.url, bootstrap_token=live_fleet.bootstrap_token,
-        allowed_paths=[str(plugins)], log_level="info",
+        allowed_paths=[str(plugins)], log_level="info", allowed_executables=["/bin/sh"],
+        policy_keys=[live_server.policy_public_key],
     )
     agent = LiveAgent(config)
     try:
