@@ -12,7 +12,6 @@ from marshmallow import (
     fields,
     missing,
     validate,
-    validates_schema,
 )
 
 from server.api.fields import (
@@ -219,17 +218,12 @@ class CheckCreate(StrictSchema):
     maintenance = Flag(load_default=False)
     assign = fields.Nested(Assignment, load_default=dict)
 
-    @validates_schema
-    def _timeout_within_interval(self, data: dict[str, Any], **_: Any) -> None:
-        if "timeout" in data and "interval" in data and data["timeout"] > data["interval"]:
-            raise ValidationError("timeout must not exceed interval", "timeout")
-
 
 class CheckUpdate(CheckCreate):
     """PATCH: every field optional, the id comes from the path.
 
-    No field has a default either: only what was sent is loaded, so a default can neither
-    overwrite a stored value nor fail the timeout/interval rule against one.
+    No field has a default either: only what was sent is loaded, so a default cannot
+    overwrite a stored value.
     """
 
     # Only what the request says is stated: with shell or command left out, the stored one

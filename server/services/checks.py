@@ -29,6 +29,23 @@ def validate_command(command: list[str], shell: bool) -> None:
         )
 
 
+def _validate_against_stored(check: Check, changes: dict[str, Any]) -> None:
+    """A PATCH that sends one of command and shell is checked with the other as stored:
+    refused, it conflicts with the stored check (409) rather than being malformed."""
+    try:
+        validate_command(list(check.command), bool(check.shell))
+    except InvalidFields as exc:
+        if {"command", "shell"} <= changes.keys():
+            raise
+        stored = "shell flag" if "command" in changes else "command"
+        raise Conflict(
+            f"{exc.message}, and the check's stored {stored} says otherwise: send command "
+            "and shell together",
+            code="conflicts_with_stored_check",
+            fields=exc.fields,
+        ) from None
+
+
 def _assignments_from(assign: dict[str, Any]) -> list[CheckAssignment]:
     rows = [CheckAssignment(target_id=str(t)) for t in assign.get("target_ids", [])]
     rows += [CheckAssignment(group_id=g) for g in assign.get("group_ids", [])]
@@ -109,11 +126,7 @@ def update_check(session: Session, check_id: str, changes: dict[str, Any]) -> Ch
         check.interval_s = changes["interval"]
     if "timeout" in changes:
         check.timeout_s = changes["timeout"]
-    validate_command(list(check.command), bool(check.shell))
-    if check.timeout_s > check.interval_s:
-        raise InvalidFields(
-            "timeout must not exceed interval", fields={"timeout": ["exceeds interval"]}
-        )
+    _validate_against_stored(check, changes)
     if "assign" in changes:
         check.assignments = _assignments_from(changes["assign"] or {})
     session.flush()

@@ -23,11 +23,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from server.errors import Conflict, Forbidden, InvalidFields, NotFound
-from server.models import Group, Target, new_uuid, utcnow
+from server.errors import Conflict, Forbidden, NotFound
+from server.models import Target, new_uuid, utcnow
 from server.security.jwt_tokens import JwtConfig
 from server.security.secrets import hash_secret, same_secret
 from server.services import credentials
+from server.services.groups import require_group
 from server.services.tokens import TokenUse
 
 
@@ -78,13 +79,6 @@ def _require_group_in_scope(asked: str | None, token: TokenUse) -> None:
         )
 
 
-def _require_group_exists(session: Session, group_id: str | None) -> None:
-    if group_id is not None and session.get(Group, group_id) is None:
-        raise InvalidFields(
-            f"group {group_id!r} does not exist", fields={"group_id": ["unknown group"]}
-        )
-
-
 def _place_in_group(target: Target, asked: str | None, token: TokenUse) -> None:
     """An operator's group stays; else the token's; else the group the agent asked for,
     marked as the agent's own (it then delivers no check that carries secrets)."""
@@ -117,7 +111,7 @@ def register_agent(
     agent_id = agent_id or token.bound_agent_id
     asked_group = request.get("group_id") or None  # "" is no group, as it always was
     _require_group_in_scope(asked_group, token)
-    _require_group_exists(session, asked_group or token.group_id)
+    require_group(session, asked_group or token.group_id)
 
     target = session.get(Target, agent_id) if agent_id else None
     created = target is None

@@ -8,8 +8,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from server.errors import Conflict, InvalidFields, NotFound
+from server.errors import Conflict, NotFound
 from server.models import Event, Group, Target, new_uuid, utcnow
+from server.services.groups import require_group
 
 
 def get_target(session: Session, target_id: str) -> Target:
@@ -19,19 +20,11 @@ def get_target(session: Session, target_id: str) -> Target:
     return target
 
 
-def _require_group(session: Session, group_id: str | None) -> None:
-    if group_id is not None and session.get(Group, group_id) is None:
-        raise InvalidFields(
-            f"group {group_id!r} does not exist: create it first",
-            fields={"group_id": ["unknown group"]},
-        )
-
-
 def preregister_target(session: Session, data: dict[str, Any]) -> Target:
     target_id = str(data["id"]) if data.get("id") else new_uuid()
     if session.get(Target, target_id) is not None:
         raise Conflict(f"target {target_id} already exists")
-    _require_group(session, data.get("group_id"))
+    require_group(session, data.get("group_id"))
     target = Target(
         id=target_id,
         hostname=data["hostname"],
@@ -50,7 +43,7 @@ def preregister_target(session: Session, data: dict[str, Any]) -> Target:
 def update_target(session: Session, target_id: str, changes: dict[str, Any]) -> Target:
     target = get_target(session, target_id)
     if "group_id" in changes:
-        _require_group(session, changes["group_id"])
+        require_group(session, changes["group_id"])
         target.group_from_agent = False  # an operator's group is trusted
     for name in ("hostname", "group_id", "labels", "maintenance"):
         if name in changes:

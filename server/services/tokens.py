@@ -11,7 +11,7 @@ from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.orm import Session
 
 from server.errors import InvalidFields, NotFound, Unauthorized
-from server.models import AdminToken, BootstrapToken, Group, utcnow
+from server.models import AdminToken, BootstrapToken, utcnow
 from server.security.secrets import (
     ADMIN_PREFIX,
     BOOTSTRAP_PREFIX,
@@ -19,6 +19,7 @@ from server.security.secrets import (
     hash_secret,
     new_secret,
 )
+from server.services.groups import require_group
 
 ADMIN_ROLES = ("admin", "read-only")
 
@@ -41,11 +42,7 @@ def create_bootstrap_token(
     expires_in: float | None = None,
     agent_id: str | None = None,
 ) -> Issued:
-    if group_id is not None and session.get(Group, group_id) is None:
-        raise InvalidFields(
-            f"group {group_id!r} does not exist: create it first",
-            fields={"group_id": ["unknown group"]},
-        )
+    require_group(session, group_id)
     if agent_id is not None:
         try:
             agent_id = str(uuid.UUID(agent_id))  # the spelling registration compares with

@@ -67,7 +67,7 @@ def test_create_token_with_options(client, admin_headers, make_group, create_tok
 
 def test_create_token_for_an_unknown_group_is_refused(client, admin_headers):
     reply = client.post(TOKENS, json={"name": "x", "group_id": "nope"}, headers=admin_headers)
-    assert_error(reply, 422, "invalid_fields", mentions="nope")
+    assert_error(reply, 409, "unknown_group", mentions="nope")
     assert client.get(TOKENS, headers=admin_headers).get_json() == []
 
 

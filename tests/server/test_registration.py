@@ -311,7 +311,7 @@ def test_register_into_an_unknown_group_is_refused(client, make_bootstrap_token)
     reply = client.post(
         REGISTER, json={"token": make_bootstrap_token(), "hostname": "h", "group_id": "nope"}
     )
-    assert_error(reply, 422, "invalid_fields", mentions="nope")
+    assert_error(reply, 409, "unknown_group", mentions="nope")
     assert reply.get_json()["error"]["fields"] == {"group_id": ["unknown group"]}
 
 
@@ -339,7 +339,7 @@ def test_refused_registration_does_not_use_up_the_token(
     )
     assert_error(refused, 409, "agent_id_in_use")
     invalid = client.post(REGISTER, json={"token": token, "hostname": "h", "group_id": "nope"})
-    assert_error(invalid, 422, "invalid_fields")
+    assert_error(invalid, 409, "unknown_group")
     assert sorted(_token_uses(app)) == [0, 1]  # the fixture's token, used once by `register`
     reply = client.post(REGISTER, json={"token": token, "hostname": "h"})
     assert reply.status_code == 201, reply.get_json()

@@ -50,7 +50,7 @@ def test_a_registration_that_fails_gives_its_use_back(app, client, make_bootstra
     token = make_bootstrap_token(max_uses=1)
     # Refused after the use was taken: an unknown group is checked by the registration.
     reply = _register(client, token, group_id="no-such-group")
-    assert reply.status_code == 422, reply.get_json()
+    assert reply.status_code == 409, reply.get_json()
     assert _uses(app, token) == 0
     # The one use is still there for a registration that works.
     assert _register(client, token).status_code == 201

@@ -82,7 +82,7 @@ def test_preregister_an_existing_id_is_a_conflict(client, admin_headers, preregi
 
 def test_preregister_into_an_unknown_group_is_refused(client, admin_headers):
     reply = client.post(TARGETS, json={"hostname": "h", "group_id": "nope"}, headers=admin_headers)
-    assert_error(reply, 422, "invalid_fields", mentions="nope")
+    assert_error(reply, 409, "unknown_group", mentions="nope")
 
 
 def test_list_targets_filters_by_status_group_and_hostname(
@@ -165,7 +165,7 @@ def test_patch_target_into_an_unknown_group_is_refused(client, admin_headers, pr
     reply = client.patch(
         f"{TARGETS}/{made['id']}", json={"group_id": "nope"}, headers=admin_headers
     )
-    assert_error(reply, 422, "invalid_fields", mentions="nope")
+    assert_error(reply, 409, "unknown_group", mentions="nope")
 
 
 def test_patch_unknown_target_is_404(client, admin_headers):

@@ -60,7 +60,7 @@ def test_invalid_form_is_shown_again_with_the_problem(
 
 def test_unknown_group_is_refused(client: FlaskClient, logged_in: str, fleet: Fleet) -> None:
     status, html = create(client, logged_in, name="x", group_id="nope")
-    assert status == 422
+    assert status == 409
     assert "does not exist" in html
 
 
