@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from agent.config import load_config
 from tests.ansible.conftest import Applied, agent_variables
 from tests.ansible.playbooks import apply_role
 
@@ -72,9 +73,44 @@ def test_configuration_holds_every_documented_key_inside_the_prefix(
     }
     assert set(config["heartbeat"]) == {"interval", "timeout"}
     assert set(config["checks"]) == {
-        "default_timeout", "max_concurrent", "result_buffer_size", "allowed_paths"}
+        "default_timeout", "max_concurrent", "result_buffer_size", "allowed_paths",
+        "exec_containment", "allowed_executables"}
     assert config["checks"]["allowed_paths"][-1] == f"{root}/etc/aami/checks"
+    assert config["checks"]["exec_containment"] == "auto"
+    assert config["checks"]["allowed_executables"] == []
     assert config["logging"] == {"level": "info", "format": "json"}
+
+
+def test_exec_containment_settings_reach_the_agent_as_set(
+    agent_install: Applied, tmp_path: Path
+) -> None:
+    # A configuration file of its own next to the installed one, so that the shared install
+    # the other tests look at keeps its agent.yaml; the role's venv validates it.
+    variables = {
+        **agent_install.variables,
+        "aami_agent_config_file": "/etc/aami/agent-containment.yaml",
+        "aami_agent_exec_containment": "denylist",
+        "aami_agent_allowed_executables": ["/usr/bin/perl", "/bin/sh"],
+    }
+    run = apply_role("aami_agent", tmp_path, variables, tags="configure")
+    assert run.returncode == 0, run.output_tail()
+    written = agent_install.root / "etc/aami/agent-containment.yaml"
+    checks = yaml.safe_load(written.read_text())["checks"]
+    assert checks["exec_containment"] == "denylist"
+    assert checks["allowed_executables"] == ["/usr/bin/perl", "/bin/sh"]
+    loaded = load_config(written).checks
+    assert loaded.exec_containment == "denylist"
+    assert loaded.allowed_executables == ("/usr/bin/perl", "/bin/sh")
+
+
+def test_an_unknown_exec_containment_mode_fails_before_anything_is_written(
+    tmp_path: Path, wheel: Path
+) -> None:
+    variables = agent_variables(tmp_path / "root", wheel, aami_agent_exec_containment="sandbox")
+    run = apply_role("aami_agent", tmp_path, variables)
+    assert run.returncode != 0
+    assert "aami_agent_exec_containment" in run.stdout, run.output_tail()
+    assert not (tmp_path / "root").exists()
 
 
 def test_secrets_and_state_have_tight_modes(agent_install: Applied) -> None:
