@@ -143,9 +143,8 @@ class ExecContainment:
         if self.mode != "landlock":
             return None
         for argument in argv[1:]:
-            candidate = os.path.join("/", argument)
-            if (os.path.isabs(argument) and os.path.isfile(candidate)
-                    and os.access(candidate, os.X_OK) and not self.permits(candidate)):
+            if (os.path.isabs(argument) and os.path.isfile(argument)
+                    and os.access(argument, os.X_OK) and not self.permits(argument)):
                 return (f"exec containment (landlock): {argument} is outside what checks "
                         "may execute (checks.allowed_paths, checks.allowed_executables), "
                         "so the check could not run it")
@@ -207,9 +206,9 @@ def resolve(mode: str, *, allowed_dirs: Iterable[str], executables: Iterable[str
         else:
             log.warning("exec containment: %s does not exist; checks cannot execute "
                         "anything there until the agent is reloaded after it appears", entry)
-    loaders = system_loaders()
+    loaders, abi = system_loaders(), landlock_abi()
     return ExecContainment(
-        mode="landlock", reason=f"Landlock ABI {landlock_abi()}", abi=landlock_abi(),
+        mode="landlock", reason=f"Landlock ABI {abi}", abi=abi,
         executable_dirs=tuple(dict.fromkeys(dirs)),
         executable_files=tuple(dict.fromkeys([*loaders, *files])), loaders=loaders,
         loader_ids=frozenset(ids for ids in map(_file_id, loaders) if ids is not None),

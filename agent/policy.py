@@ -125,4 +125,3 @@ class PolicyVerifier:
         if last_serial is not None and assignment.serial < last_serial:
             raise PolicyRejected(f"replayed policy: serial {assignment.serial} is older "
                                  f"than the last accepted serial {last_serial}")
-

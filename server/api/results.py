@@ -15,6 +15,7 @@ from marshmallow.utils import from_iso_datetime
 from server.api import schemas
 from server.api.fields import SLUG
 from server.api.routing import route
+from server.api.storable import unstorable_reason
 from server.db import db_session
 from server.errors import InvalidFields
 from server.extensions import job_queues, settings
@@ -58,20 +59,6 @@ _FAST_PATH_CURRENT = (
 )
 
 
-def _storable(text: str) -> bool:
-    """Cheaply, what ``schemas.storable`` accepts: no NUL, no lone surrogate (a str from
-    JSON holds a surrogate only when it was lone, and UTF-8 cannot encode one)."""
-    if "\x00" in text:
-        return False
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _fast_result(item: Any) -> dict[str, Any] | None:
     """One result loaded exactly as ``AgentResult`` would load it, or None when it is
     anything but plainly well-formed (marshmallow then decides, and explains)."""
@@ -85,7 +72,8 @@ def _fast_result(item: Any) -> dict[str, Any] | None:
         type(check_id) is str and _SLUG.match(check_id)
         and type(status) is str and status in schemas.STATUSES
         and type(exit_code) is int and _EXIT_MIN <= exit_code <= _EXIT_MAX
-        and type(output) is str and len(output) <= _OUTPUT_MAX and _storable(output)
+        and type(output) is str and len(output) <= _OUTPUT_MAX
+        and unstorable_reason(output) is None
         and type(duration_ms) is int and _DURATION_MIN <= duration_ms <= _DURATION_MAX
         and type(executed_at) is str and executed_at
         and type(item["result_id"]) is str
@@ -117,9 +105,11 @@ def _fast_perfdata(items: Any) -> list[dict[str, Any]] | None:
         if type(item) is not dict or "label" not in item or not item.keys() <= _PERF_FIELDS:
             return None
         label, uom = item["label"], item.get("uom")
-        if type(label) is not str or len(label) > _LABEL_MAX or not _storable(label):
+        if type(label) is not str or len(label) > _LABEL_MAX or unstorable_reason(label):
             return None
-        if uom is not None and (type(uom) is not str or len(uom) > _UOM_MAX or not _storable(uom)):
+        if uom is not None and (
+            type(uom) is not str or len(uom) > _UOM_MAX or unstorable_reason(uom)
+        ):
             return None
         if not all(_fast_threshold(item.get(name)) for name in _PERF_THRESHOLDS):
             return None
@@ -144,7 +134,7 @@ def _fast_threshold(value: Any) -> bool:
     if value is None:
         return True
     if type(value) is str:
-        return len(value) <= _THRESHOLD_MAX and _storable(value)
+        return len(value) <= _THRESHOLD_MAX and unstorable_reason(value) is None
     return (type(value) is float or type(value) is int) and schemas.is_finite(value)
 
 

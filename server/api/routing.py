@@ -166,9 +166,9 @@ def refuse_unstorable(found: Iterable[tuple[tuple[str, ...], str]]) -> None:
 def _check_query(args: dict[str, str]) -> dict[str, str]:
     found = []
     for name, value in args.items():
-        if unstorable_reason(name) is not None:
+        if (reason := unstorable_reason(name)) is not None:
             # Named escaped: the reply must not carry the character it refuses.
-            found.append(((ascii(name)[1:-1],), f"the parameter name {unstorable_reason(name)}"))
+            found.append(((ascii(name)[1:-1],), f"the parameter name {reason}"))
         elif (reason := unstorable_reason(value)) is not None:
             found.append(((name,), reason))
     refuse_unstorable(found)

@@ -56,10 +56,10 @@ class ClockWindow:
         """Move results dated past the window to ``received_at`` (in their batch's order),
         keeping the agent's time in ``agent_executed_at``; in place. ``executed_at`` values
         are aware datetimes. Results placed already are left alone."""
+        latest = self.latest_trusted(received_at)
         ahead = [
             r for r in results
-            if r.get("agent_executed_at") is None
-            and r["executed_at"] > self.latest_trusted(received_at)
+            if r.get("agent_executed_at") is None and r["executed_at"] > latest
         ]
         ahead.sort(key=lambda r: r["executed_at"])
         for position, result in enumerate(ahead):

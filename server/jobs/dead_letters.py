@@ -83,8 +83,9 @@ def set_aside(database: Database, client: redis.Redis, refused: list[Refused]) -
     rows: dict[str, dict[str, Any]] = {}
     for entry in refused:
         agent_id, results = _summary(entry.item)
-        rows[letter_id(entry.item)] = {
-            "id": letter_id(entry.item),
+        key = letter_id(entry.item)
+        rows[key] = {
+            "id": key,
             "agent_id": agent_id,
             "results": results,
             "error": entry.reason,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol
 
 import redis
@@ -45,11 +46,12 @@ class DeliveryFailed(Exception):
 class Webhook:
     url: str
 
-    @property
+    # Cached: QueuedSinks.announce uses both for every event it queues.
+    @cached_property
     def reference(self) -> str:
         return url_reference(self.url)
 
-    @property
+    @cached_property
     def shown(self) -> str:
         """The URL as logs may show it."""
         return redact_url(self.url)

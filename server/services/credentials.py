@@ -58,8 +58,15 @@ def _redis() -> redis.Redis:
 
 
 def _issue(
-    session: Session, jwt_config: JwtConfig, agent_id: str, family_id: str, refresh_ttl: int
+    session: Session,
+    jwt_config: JwtConfig,
+    agent_id: str,
+    family_id: str,
+    refresh_ttl: int,
+    generation: int | None = None,
 ) -> TokenPair:
+    """The next pair of ``family_id``, its access token under ``generation`` (read from
+    Redis unless the caller's revocation just returned it)."""
     refresh = new_secret(REFRESH_PREFIX)
     session.add(
         AgentCredential(
@@ -69,7 +76,8 @@ def _issue(
             expires_at=utcnow() + timedelta(seconds=refresh_ttl),
         )
     )
-    generation = revocation.generation(_redis(), agent_id)
+    if generation is None:
+        generation = revocation.generation(_redis(), agent_id)
     return TokenPair(
         issue_access_token(jwt_config, agent_id, generation), refresh, jwt_config.ttl_s
     )
@@ -79,39 +87,25 @@ def start_family(
     session: Session, jwt_config: JwtConfig, agent_id: str, refresh_ttl: int
 ) -> TokenPair:
     """New credentials for a (re-)registered agent; its older families stop working."""
-    revoke_all(session, agent_id)
-    return _issue(session, jwt_config, agent_id, new_uuid(), refresh_ttl)
+    generation = revoke_all(session, agent_id)
+    return _issue(session, jwt_config, agent_id, new_uuid(), refresh_ttl, generation)
 
 
-def revoke_all(session: Session, agent_id: str, *, cut_off_access_tokens: bool = True) -> None:
+def revoke_all(
+    session: Session, agent_id: str, *, cut_off_access_tokens: bool = True
+) -> int | None:
     """Revoke every refresh token of ``agent_id`` and (unless told not to) cut off the
-    access tokens it holds. A deleted target needs no cut-off: its agent's calls answer
-    404 ``target_not_found`` (which tells it to re-register), and a new registration of
-    the id moves the generation anyway."""
+    access tokens it holds; the new credential generation, if it was cut off. A deleted
+    target needs no cut-off: its agent's calls answer 404 ``target_not_found`` (which
+    tells it to re-register), and a new registration of the id moves the generation
+    anyway."""
     session.execute(
         update(AgentCredential)
         .where(AgentCredential.target_id == agent_id, AgentCredential.revoked_at.is_(None))
         .values(revoked_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    if cut_off_access_tokens:
-        revocation.revoke(_redis(), agent_id)
-
-
-def has_live_credentials(session: Session, agent_id: str) -> bool:
-    now = utcnow()
-    return bool(
-        session.scalar(
-            select(
-                exists().where(
-                    AgentCredential.target_id == agent_id,
-                    AgentCredential.revoked_at.is_(None),
-                    AgentCredential.spent_at.is_(None),
-                    AgentCredential.expires_at > now,
-                )
-            )
-        )
-    )
+    return revocation.revoke(_redis(), agent_id) if cut_off_access_tokens else None
 
 
 def is_live_refresh_token(session: Session, agent_id: str, refresh_token: str) -> bool:
@@ -164,9 +158,9 @@ def rotate(
             # retry gets a fresh pair; the pair it never received stops working. If a
             # thief was the first to present the token, it wins this way: the audit
             # entry is how an operator learns of it.
-            revoke_family(session, agent_id, row.family_id)
+            generation = revoke_family(session, agent_id, row.family_id)
             _audit_grace_used(session, row, now)
-            return _issue(session, jwt_config, agent_id, row.family_id, refresh_ttl)
+            return _issue(session, jwt_config, agent_id, row.family_id, refresh_ttl, generation)
         revoke_family(session, agent_id, row.family_id)
         session.commit()
         raise Unauthorized(
@@ -209,12 +203,13 @@ def _audit_grace_used(session: Session, row: AgentCredential, now: datetime) -> 
     )
 
 
-def revoke_family(session: Session, agent_id: str, family_id: str) -> None:
-    """Revoke one token family of ``agent_id`` and cut off its access tokens."""
+def revoke_family(session: Session, agent_id: str, family_id: str) -> int:
+    """Revoke one token family of ``agent_id`` and cut off its access tokens; the new
+    credential generation."""
     session.execute(
         update(AgentCredential)
         .where(AgentCredential.family_id == family_id, AgentCredential.revoked_at.is_(None))
         .values(revoked_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    revocation.revoke(_redis(), agent_id)
+    return revocation.revoke(_redis(), agent_id)
