@@ -11,11 +11,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-# Raw JSON text cannot hold either character (UTF-8 has no surrogates, a raw control
-# character is invalid JSON): only their escapes do. The screen flags ``\u0000``, a high
-# surrogate escape not followed by a low one, and a low one not right after a high one
-# (whose backslash is not itself escaped). Text such as a literal ``\\ud800`` can make it
-# flag a body wrongly, which only costs a walk; it never passes a lone surrogate.
+# Mostly they arrive as escapes (raw bytes are screened by _UNSTORABLE_RAW below). The
+# escape screen flags ``\u0000``, a high surrogate escape not followed by a low one, and
+# a low one not right after a high one (whose backslash is not itself escaped). Text such
+# as a literal ``\\ud800`` can make it flag a body wrongly, which only costs a walk; it
+# never passes a lone surrogate.
 _HEX2 = rb"[0-9a-fA-F]{2}"
 # Every branch after one literal ``\u``, so that the engine skips to those at C speed.
 _UNSTORABLE_ESCAPE = re.compile(
@@ -44,9 +44,18 @@ def unstorable_reason(text: str) -> str | None:
     return None
 
 
+# Unescaped, they reach a string two ways the escape screen cannot see: a surrogate written
+# in UTF-8 bytes (ED A0-BF xx), which Python's JSON decoder lets through (surrogatepass), and
+# a body in UTF-16 or UTF-32, which JSON allows and whose every ASCII character holds a NUL
+# byte (valid UTF-8 JSON holds none).
+_UNSTORABLE_RAW = re.compile(rb"\x00|\xed[\xa0-\xbf]")
+
+
 def may_hold_unstorable(raw: bytes) -> bool:
     """Cheap screen of a raw JSON body: False means no string in it needs checking."""
-    return _UNSTORABLE_ESCAPE.search(raw) is not None
+    return (
+        _UNSTORABLE_ESCAPE.search(raw) is not None or _UNSTORABLE_RAW.search(raw) is not None
+    )
 
 
 def unstorable_strings(data: Any) -> list[tuple[tuple[str, ...], str]]:

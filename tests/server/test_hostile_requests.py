@@ -143,7 +143,7 @@ def _result(**changes: Any) -> dict[str, Any]:
     return result
 
 
-def _raw(w: World, path: str, body: str, headers: dict[str, str] | None = None) -> Any:
+def _raw(w: World, path: str, body: str | bytes, headers: dict[str, str] | None = None) -> Any:
     """POST ``body`` as it is written: JSON escapes such as ``\\ud800`` reach the server."""
     return w.client.post(path, data=body, content_type="application/json", headers=headers)
 
@@ -315,6 +315,24 @@ CASES = [
     Hostile(
         "lone-surrogate-in-admin-target",
         lambda w: _raw(w, "/api/v1/targets", '{"hostname": "\\ud800"}', w.admin),
+        422,
+        "invalid_fields",
+        "hostname",
+    ),
+    Hostile(
+        # Raw UTF-8 bytes of a surrogate (ED A0 80), no escape: Python's decoder lets it in.
+        "lone-surrogate-as-raw-bytes-in-admin-target",
+        lambda w: _raw(w, "/api/v1/targets", b'{"hostname": "\xed\xa0\x80"}', w.admin),
+        422,
+        "invalid_fields",
+        "hostname",
+    ),
+    Hostile(
+        # JSON may come as UTF-16: its escapes are not the bytes the escape screen looks for.
+        "nul-escape-in-a-utf16-body",
+        lambda w: _raw(
+            w, REGISTER, '{"token": "x", "hostname": "\\u0000"}'.encode("utf-16-le")
+        ),
         422,
         "invalid_fields",
         "hostname",
