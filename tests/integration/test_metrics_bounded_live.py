@@ -63,19 +63,25 @@ def _send(server: LiveServer, seed: int, count: int) -> list[int]:
     return statuses
 
 
+def _send_concurrently(server: LiveServer, seeds: range, per_thread: int) -> list[int]:
+    """One :func:`_send` per seed, all at once; every status."""
+    with ThreadPoolExecutor(len(seeds)) as pool:
+        batches = list(pool.map(lambda seed: _send(server, seed, per_thread), seeds))
+    return [status for batch in batches for status in batch]
+
+
 def test_random_methods_and_paths_leave_metrics_and_memory_bounded(live_server):
-    # Warm up: every worker has answered the usual kinds of request (and one burst of
-    # the hostile kind, which allocates the caches and buffers that are not growth).
-    _send(live_server, seed=0, count=400)
+    # Warm up at the same concurrency as the run: every worker has answered the usual
+    # kinds of request and the hostile kind from as many connections at once, so the
+    # threads, their stacks and malloc arenas, caches and buffers it needs are not growth.
+    _send_concurrently(live_server, seeds=range(-THREADS, 0), per_thread=250)
     size_before = _metrics_size(live_server)
     workers = live_server.worker_pids()
     rss_before = {pid: _rss_kb(pid) for pid in workers}
 
-    per_thread = REQUESTS // THREADS
-    with ThreadPoolExecutor(THREADS) as pool:
-        batches = list(pool.map(lambda seed: _send(live_server, seed, per_thread),
-                                range(1, THREADS + 1)))
-    statuses = [status for batch in batches for status in batch]
+    statuses = _send_concurrently(
+        live_server, seeds=range(1, THREADS + 1), per_thread=REQUESTS // THREADS
+    )
 
     assert len(statuses) == REQUESTS
     assert all(status < 500 for status in statuses), sorted(set(statuses))
